@@ -1,0 +1,192 @@
+"""``qsp.convert``: insert quantizers and pruners around every Linear/Conv and every
+activation of an existing model, following a typed :class:`Plan`."""
+from __future__ import annotations
+
+import fnmatch
+from collections import OrderedDict
+from dataclasses import dataclass, field, fields, replace
+from typing import Sequence
+
+from torch import nn
+
+from .. import fixedpoint as fp
+from .layers import QLayer, prune, quantize
+from .ops import ActivationPruner, Quantizer
+from .state import check_sparsity
+
+ORDERS = ("prune-then-quantize", "quantize-then-prune")
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: activation module -> output is non-negative (unsigned quantizer)
+ACTIVATIONS = {nn.ReLU: True, nn.ReLU6: True, nn.Sigmoid: True, nn.Hardsigmoid: True,
+               nn.LeakyReLU: False, nn.Tanh: False, nn.Hardtanh: False}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Concrete step numbers of a plan (all in training steps)."""
+
+    prune_start: int
+    prune_interval: int
+    prune_repetition: int
+    quant_delay: int
+    window: int
+
+    @property
+    def prune_end(self) -> int:
+        return self.prune_start + self.prune_interval * self.prune_repetition
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to quantize and prune, and when. Step fields left ``None`` are derived from
+    ``total_steps`` and ``order``:
+
+    * prune-then-quantize: pruning from 5 % of training over 40 % of it, then the
+      quantization delay ends 5 % later (the paper's P->Q);
+    * quantize-then-prune: quantization on at 5 %, pruning from 10 % over 40 % (Q->P).
+
+    The last part of training fine-tunes with both on.
+    """
+
+    weight_bits: int = 8
+    act_bits: int = 8
+    bias_bits: int | None = None
+    input_bits: int | None = 8
+    input_signed: bool = False
+    weight_sparsity: float = 0.5
+    act_sparsity: float = 0.5
+    order: str = "prune-then-quantize"
+    total_steps: int = 1000
+    prune_start: int | None = None
+    prune_interval: int | None = None
+    prune_repetition: int | None = None
+    quant_delay: int | None = None
+    window: int | None = None
+    quantiles: tuple[float, float] | None = None
+    rounding: str = fp.DEFAULT_ROUNDING
+    per_channel: bool = False
+    dense: tuple[str, ...] = ("first", "last")
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    quantize_activations: bool = True
+
+    def __post_init__(self):
+        fp.check_bits(self.weight_bits, "weight_bits", 1, 24)
+        fp.check_bits(self.act_bits, "act_bits", 1, 24)
+        if self.bias_bits is not None:
+            fp.check_bits(self.bias_bits, "bias_bits", 1, 24)
+        if self.input_bits is not None:
+            fp.check_bits(self.input_bits, "input_bits", 1, 24)
+        check_sparsity(self.weight_sparsity, "weight_sparsity")
+        check_sparsity(self.act_sparsity, "act_sparsity")
+        if self.order not in ORDERS:
+            raise ValueError(f"order={self.order!r} is not one of {ORDERS}")
+        if not isinstance(self.total_steps, int) or self.total_steps < 1:
+            raise ValueError(f"total_steps={self.total_steps!r} must be an integer >= 1")
+        fp.check_rounding(self.rounding)
+
+    def schedule(self) -> Schedule:
+        T = self.total_steps
+        span = max(1, round(0.4 * T))
+        rep = self.prune_repetition or max(1, min(8, span))
+        interval = self.prune_interval or max(1, span // rep)
+        gap = max(1, round(0.05 * T))
+        if self.order == "prune-then-quantize":
+            start = gap if self.prune_start is None else self.prune_start
+            delay = start + rep * interval + gap if self.quant_delay is None else self.quant_delay
+        else:
+            delay = gap if self.quant_delay is None else self.quant_delay
+            start = delay + gap if self.prune_start is None else self.prune_start
+        window = self.window or max(1, min(interval, 50, max(1, round(0.02 * T))))
+        return Schedule(start, interval, rep, delay, window)
+
+    def with_(self, **kw) -> "Plan":
+        return replace(self, **kw)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _flat_children(model: nn.Module, prefix=""):
+    """(name, module, parent, key) for every leaf in graph order of nested Sequentials,
+    and every module elsewhere in registration order."""
+    for key, child in model.named_children():
+        name = f"{prefix}{key}"
+        if len(list(child.children())) and not isinstance(child, (QLayer,) + WEIGHT_LAYERS):
+            yield from _flat_children(child, name + ".")
+        else:
+            yield name, child, model, key
+
+
+def convert(model: nn.Module, plan: Plan | None = None, **overrides) -> nn.Module:
+    """Wrap every Linear/Conv (weights) and every activation module of ``model`` with qsp
+    operators according to ``plan`` (keyword overrides allowed, e.g. ``weight_bits=4``).
+
+    Layers named in ``plan.dense`` (``"first"``/``"last"`` mean the first/last weight
+    layer; other entries are fnmatch patterns) keep all their weights (they are still
+    quantized). ``include``/``exclude`` restrict which layers are touched at all.
+    Returns a model whose first module quantizes the input (``input_quant``) when
+    ``plan.input_bits`` is set; the original model is modified in place and is the
+    ``net`` child.
+    """
+    plan = (plan or Plan()).with_(**overrides) if overrides else (plan or Plan())
+    sch = plan.schedule()
+    leaves = list(_flat_children(model))
+    weight_names = [n for n, m, _, _ in leaves if isinstance(m, WEIGHT_LAYERS)]
+    dense = set()
+    for d in plan.dense:
+        if d == "first" and weight_names:
+            dense.add(weight_names[0])
+        elif d == "last" and weight_names:
+            dense.add(weight_names[-1])
+        else:
+            dense.update(n for n in weight_names if fnmatch.fnmatchcase(n, d))
+
+    def selected(name):
+        if plan.include is not None and not _matches(name, plan.include):
+            return False
+        return not _matches(name, plan.exclude)
+
+    qkw = dict(delay=sch.quant_delay, window=min(sch.window, max(1, sch.quant_delay)) if sch.quant_delay else 1,
+               rounding=plan.rounding, quantiles=plan.quantiles)
+    pkw = dict(start=sch.prune_start, interval=sch.prune_interval, repetition=sch.prune_repetition)
+    p_first = plan.order == "prune-then-quantize"
+
+    for name, mod, parent, key in leaves:
+        if not selected(name):
+            continue
+        if isinstance(mod, WEIGHT_LAYERS):
+            q = QLayer(mod)
+            do_prune = plan.weight_sparsity > 0 and name not in dense
+            steps = []
+            if do_prune:
+                steps.append(lambda q: q.add_prune(sparsity=plan.weight_sparsity, **pkw))
+            steps.append(lambda q: q.add_quantize(plan.weight_bits, bias_bits=plan.bias_bits,
+                                                  per_channel=plan.per_channel, signed=True, **qkw))
+            for s in (steps if p_first else steps[::-1]):
+                s(q)
+            setattr(parent, key, q)
+        elif type(mod) in ACTIVATIONS and plan.quantize_activations:
+            ops = []
+            if plan.act_sparsity > 0 and not _matches(name, [d for d in plan.dense if d not in ("first", "last")]):
+                ops.append(("prune", prune(sparsity=plan.act_sparsity, window=sch.window, **pkw)))
+            ops.append(("quant", quantize(bits=plan.act_bits, signed=not ACTIVATIONS[type(mod)], **qkw)))
+            if not p_first:
+                ops = ops[::-1]
+            setattr(parent, key, nn.Sequential(OrderedDict([("act", mod)] + ops)))
+    if plan.input_bits is None:
+        return model
+    inq = quantize(bits=plan.input_bits, signed=plan.input_signed, **qkw)
+    return nn.Sequential(OrderedDict([("input_quant", inq), ("net", model)]))
+
+
+def qsp_modules(model: nn.Module):
+    """(name, module) of every qsp operator in ``model``."""
+    for name, m in model.named_modules():
+        if isinstance(m, (QLayer, Quantizer, ActivationPruner)):
+            yield name, m

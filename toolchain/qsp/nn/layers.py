@@ -1,0 +1,133 @@
+"""Public one-line API: ``qsp.quantize`` and ``qsp.prune`` on layers (weights) or alone
+(activations), and the :class:`QLayer` wrapper that carries a layer's weight operators."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import fixedpoint as fp
+from .ops import ActivationPruner, ActivationQuantizer, Quantizer, WeightPruner
+
+
+class QLayer(nn.Module):
+    """A Linear/Conv layer whose weight passes through a list of operators (pruning and
+    quantization, in the order they were applied) before every forward.
+
+    The bias, when the layer has one and a weight quantizer is present, is quantized to
+    ``bias_bits`` with its own delayed search (same delay as the weight quantizer).
+    Pickles, deep-copies and loads a state_dict into a freshly built twin.
+    """
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        if not isinstance(getattr(layer, "weight", None), torch.Tensor):
+            raise ValueError(
+                f"layer={type(layer).__name__} has no weight: qsp.quantize/qsp.prune take a layer with a "
+                "`weight` (Linear, Conv1d/2d/3d, ...), or no layer at all for activations")
+        self.layer = layer
+        self.weight_ops = nn.ModuleList()
+        self.bias_quant: Quantizer | None = None
+
+    # ------------------------------------------------------------------ building
+    def add_prune(self, **kw) -> "QLayer":
+        self.weight_ops.append(WeightPruner(self.layer.weight.shape, **kw))
+        return self
+
+    def add_quantize(self, bits, bias_bits=None, per_channel=False, **kw) -> "QLayer":
+        ch = self.layer.weight.shape[0] if per_channel else None
+        self.weight_ops.append(Quantizer(bits, channels=ch, channel_axis=0, **kw))
+        if getattr(self.layer, "bias", None) is not None:
+            bkw = {k: v for k, v in kw.items() if k in ("delay", "window", "interval", "rounding")}
+            self.bias_quant = Quantizer(bias_bits or min(24, 2 * bits), signed=True, **bkw)
+        return self
+
+    # ------------------------------------------------------------------ views
+    @property
+    def pruner(self) -> WeightPruner | None:
+        return next((op for op in self.weight_ops if isinstance(op, WeightPruner)), None)
+
+    @property
+    def quantizer(self) -> Quantizer | None:
+        return next((op for op in self.weight_ops if isinstance(op, Quantizer)), None)
+
+    @property
+    def weight(self):
+        return self.layer.weight
+
+    @property
+    def bias(self):
+        return self.layer.bias
+
+    def _weights(self):
+        w = self.layer.weight
+        for op in self.weight_ops:
+            w = op(w)
+        b = self.layer.bias
+        if b is not None and self.bias_quant is not None:
+            b = self.bias_quant(b)
+        return w, b
+
+    @property
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the layer computes with now (pruned and quantized); never advances
+        a schedule."""
+        return self.effective()[0]
+
+    @torch.no_grad()
+    def effective(self):
+        """(weight, bias) as used in the forward pass, without advancing schedules."""
+        modes = [m.training for m in self.modules()]
+        self.eval()
+        try:
+            return self._weights()
+        finally:
+            for m, tr in zip(self.modules(), modes):
+                m.training = tr
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x):
+        w, b = self._weights()
+        layer = self.layer
+        if isinstance(layer, nn.Linear):
+            return F.linear(x, w, b)
+        if isinstance(layer, nn.modules.conv._ConvNd):
+            return layer._conv_forward(x, w, b)
+        params = {"weight": w}
+        if b is not None:
+            params["bias"] = b
+        return torch.func.functional_call(layer, params, (x,))
+
+
+def quantize(layer: nn.Module | None = None, bits: int = 8, *, delay: int = 0, window: int = 1,
+             interval: int = 0, signed: bool | None = None, rounding: str = fp.DEFAULT_ROUNDING,
+             quantiles: Sequence[float] | None = None, frac: int | None = None,
+             per_channel: bool = False, bias_bits: int | None = None) -> nn.Module:
+    """Quantize a layer's weights (``qsp.quantize(nn.Conv2d(...), bits=8)``) or, with no
+    layer, return an activation quantizer module (``qsp.quantize(bits=8)``).
+
+    ``signed=None`` means signed for weights and signed for activations; set
+    ``signed=False`` after a ReLU to spend every bit on magnitude.
+    """
+    kw = dict(delay=delay, window=window, interval=interval, rounding=rounding,
+              quantiles=quantiles, frac=frac)
+    if layer is None:
+        if per_channel:
+            raise ValueError("per_channel=True applies to weights only: pass the layer to quantize")
+        return ActivationQuantizer(bits, signed=True if signed is None else signed, **kw)
+    q = layer if isinstance(layer, QLayer) else QLayer(layer)
+    return q.add_quantize(bits, bias_bits=bias_bits, per_channel=per_channel,
+                          signed=True if signed is None else signed, **kw)
+
+
+def prune(layer: nn.Module | None = None, sparsity: float = 0.5, *, start: int = 0,
+          interval: int = 1, repetition: int = 1, window: int = 1) -> nn.Module:
+    """Magnitude-prune a layer's weights (``qsp.prune(nn.Linear(...), sparsity=0.5)``) or,
+    with no layer, return an activation pruner (``qsp.prune(sparsity=0.5)``)."""
+    if layer is None:
+        return ActivationPruner(sparsity, start=start, interval=interval, repetition=repetition,
+                                window=window)
+    q = layer if isinstance(layer, QLayer) else QLayer(layer)
+    return q.add_prune(sparsity=sparsity, start=start, interval=interval, repetition=repetition)

@@ -1,0 +1,108 @@
+"""Shared plumbing for stateful qsp operators: a step counter that lives in a buffer
+(so it is saved, loaded and moved with the module) but is mirrored in a Python int, so
+that schedules are decided on the host without a device sync on every step."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class StepCounter(nn.Module):
+    """Base for operators with a training-step schedule.
+
+    ``self.t`` is the number of training-mode forward passes seen so far (the step index
+    of the current pass while inside ``forward``). Eval mode never advances it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self._t = 0
+
+    @property
+    def t(self) -> int:
+        return self._t
+
+    def _advance(self):
+        self._t += 1
+
+    # keep the buffer and the host mirror in step, without syncing on every forward
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        self.step.fill_(self._t)
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        self._resize_lazy_buffers(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        key = prefix + "step"
+        if key in state_dict:
+            self._t = int(state_dict[key])
+        self._after_load()
+
+    def _resize_lazy_buffers(self, state_dict, prefix):
+        """Buffers whose shape is only known after the first forward (activation
+        statistics) take the shape of the incoming state, so a fresh model loads a
+        state_dict without a forward pass first."""
+        for name in getattr(self, "_lazy_buffers", ()):
+            key = prefix + name
+            if key in state_dict:
+                cur = getattr(self, name)
+                new = state_dict[key]
+                if cur.shape != new.shape:
+                    setattr(self, name, torch.empty(new.shape, dtype=new.dtype, device=cur.device))
+
+    def _after_load(self):
+        pass
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+
+
+def check_sparsity(s, name="sparsity"):
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= float(s) < 1.0:
+        raise ValueError(f"{name}={s!r} is out of range: it must be a number in [0, 1)")
+    return float(s)
+
+
+def check_nonneg_int(v, name, low=0):
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ValueError(f"{name}={v!r} is out of range: it must be an integer >= {low}")
+    return v
+
+
+def zhu_gupta(sparsity: float, k: int, repetition: int) -> float:
+    """Target sparsity after the k-th of ``repetition`` updates (Zhu & Gupta 2017):
+    s_k = s * (1 - (1 - k / repetition)**3)."""
+    if k <= 0:
+        return 0.0
+    k = min(k, repetition)
+    return sparsity * (1.0 - (1.0 - k / repetition) ** 3)
+
+
+def schedule_update_index(t: int, start: int, interval: int, repetition: int) -> int:
+    """k in 1..repetition if step t is an update step (t == start + k*interval), else 0."""
+    if t <= start or interval <= 0:
+        return 0
+    d = t - start
+    if d % interval:
+        return 0
+    k = d // interval
+    return k if 1 <= k <= repetition else 0
+
+
+def prune_count(sparsity: float, n: int) -> int:
+    """Exactly round(s * n) elements are pruned (qsparse prunes one fewer)."""
+    return int(round(sparsity * n))
+
+
+def smallest_mask(score: torch.Tensor, n_prune: int) -> torch.Tensor:
+    """0/1 mask of score's shape with exactly ``n_prune`` zeros at the smallest scores
+    (ties broken by position, deterministically)."""
+    flat = score.reshape(-1)
+    mask = torch.ones_like(flat)
+    if n_prune > 0:
+        idx = torch.argsort(flat, stable=True)[:n_prune]
+        mask[idx] = 0
+    return mask.reshape(score.shape)
