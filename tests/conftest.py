@@ -1,0 +1,20 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.bundles import build_bundle  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mlp_bundle(tmp_path_factory):
+    """A written MLP bundle (8-bit, 50 % weight and activation sparsity)."""
+    return build_bundle("mlp").write(tmp_path_factory.mktemp("mlp") / "bundle")
+
+
+@pytest.fixture(scope="session")
+def cnn_bundle(tmp_path_factory):
+    """A written CNN bundle (conv/relu/maxpool/flatten/linear with activation masks)."""
+    return build_bundle("cnn").write(tmp_path_factory.mktemp("cnn") / "bundle")
