@@ -147,24 +147,71 @@ def quantize_torch(x, bits: int, frac, signed: bool = True, rounding: str = DEFA
     return torch.clamp(round_torch(x * scale, rounding), lo, hi) / scale
 
 
-def quantize_ste(x, bits: int, frac, signed: bool = True, rounding: str = DEFAULT_ROUNDING):
-    """Quantize with a clipped straight-through gradient.
+def _round_inplace(k, mode: str):
+    if mode == "convergent":
+        return k.round_()
+    if mode == "nearest":
+        return k.add_(0.5).floor_()
+    if mode == "floor":
+        return k.floor_()
+    if mode == "zero":
+        return k.trunc_()
+    raise ValueError(check_rounding(mode))
 
-    Forward: exactly :func:`quantize_torch`. Backward: the gradient is passed through
-    unchanged (identity) for inputs inside the representable range
-    ``[k_min * 2**-d, k_max * 2**-d]`` and is zero outside it, where the output is
-    saturated and does not depend on the input.
+
+def _ste_function():
+    import torch
+
+    class _FakeQuant(torch.autograd.Function):
+        """Fake quantization (few in-place passes over the data) with the straight-through
+        gradient masked to the codes that did not saturate."""
+
+        @staticmethod
+        def forward(ctx, x, scale, lo, hi, mode):
+            k = _round_inplace(torch.mul(x, scale), mode)
+            ctx.save_for_backward((k >= lo) & (k <= hi))
+            return k.clamp_(lo, hi).div_(scale)
+
+        @staticmethod
+        def backward(ctx, g):
+            (inside,) = ctx.saved_tensors
+            return g * inside, None, None, None, None
+
+    return _FakeQuant
+
+
+_FAKE_QUANT = None
+
+
+def quantize_ste(x, bits: int, frac, signed: bool = True, rounding: str = DEFAULT_ROUNDING,
+                 channel_axis: int | None = None):
+    """Quantize with a straight-through gradient.
+
+    Forward: exactly :func:`quantize_torch` (same values, bit for bit). Backward: the
+    incoming gradient passes unchanged where the rounded code ``R(x * 2**d)`` lies inside
+    ``[k_min, k_max]`` and is zero where the output saturated (it no longer depends on
+    the input there): for round-to-nearest modes that is ``x`` outside about
+    ``[(k_min - 1/2) * 2**-d, (k_max + 1/2) * 2**-d]``.
+
+    ``frac`` is an int, a 0-d tensor (per tensor) or a 1-d tensor of one value per channel
+    along ``channel_axis``. (PyTorch's fused ``fake_quantize_per_tensor_affine`` computes
+    the same thing for ``convergent`` but measured 1.5x slower on CPU here.)
     """
     import torch
 
+    global _FAKE_QUANT
+    if _FAKE_QUANT is None:
+        _FAKE_QUANT = _ste_function()
     lo, hi = int_range(bits, signed)
     if isinstance(frac, torch.Tensor):
-        step = torch.exp2(-frac.to(x.dtype))
-        xc = torch.minimum(torch.maximum(x, lo * step), hi * step)
+        if frac.dim() == 1 and channel_axis is not None:
+            shape = [1] * x.dim()
+            shape[channel_axis] = -1
+            frac = frac.view(shape)
+        scale = torch.exp2(frac.to(x.dtype))
     else:
-        step = 2.0 ** -frac
-        xc = torch.clamp(x, lo * step, hi * step)
-    return xc + (quantize_torch(xc, bits, frac, signed, rounding) - xc).detach()
+        scale = float(2.0 ** frac)
+    return _FAKE_QUANT.apply(x, scale, lo, hi, rounding)
 
 
 # --------------------------------------------------------------------------- the format

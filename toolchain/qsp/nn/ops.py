@@ -31,7 +31,8 @@ class Quantizer(StepCounter):
       ``delay + k*interval`` over the ``window`` steps before it.
 
     ``frac`` given explicitly skips the search (quantization is on from ``delay``).
-    Gradient: clipped straight-through (see :func:`qsp.fixedpoint.quantize_ste`).
+    Gradient: straight-through, zero where the output saturated (see
+    :func:`qsp.fixedpoint.quantize_ste`).
     """
 
     def __init__(self, bits: int = 8, *, delay: int = 0, window: int = 1, interval: int = 0,
@@ -142,14 +143,8 @@ class Quantizer(StepCounter):
                         self.enabled.fill_(True)
         if not self._on:
             return x
-        return fp.quantize_ste(x, self.bits, self._frac_view(x), self.signed, self.rounding)
-
-    def _frac_view(self, x):
-        if self.channels:
-            shape = [1] * x.dim()
-            shape[self.channel_axis] = -1
-            return self.frac.view(shape)
-        return self.frac
+        return fp.quantize_ste(x, self.bits, self.frac, self.signed, self.rounding,
+                               channel_axis=self.channel_axis if self.channels else None)
 
     # ------------------------------------------------------------------ export
     @property
