@@ -13,8 +13,8 @@ from torch import nn
 
 from .. import fixedpoint as fp
 from ..errors import MaskShapeError
-from .state import (StepCounter, check_nonneg_int, check_sparsity, prune_count,
-                    schedule_update_index, smallest_mask, zhu_gupta)
+from .state import (StepCounter, check_nonneg_int, check_sparsity, dist_broadcast_, dist_sum_,
+                    prune_count, schedule_update_index, smallest_mask, zhu_gupta)
 
 
 # =========================================================================== quantization
@@ -116,6 +116,8 @@ class Quantizer(StepCounter):
     def _choose(self, x):
         if self._nstat == 0:  # no window before (delay < window): use this batch
             self._accumulate(x)
+        # every rank decides from the errors summed over all ranks' batches
+        dist_sum_(self.err)
         # argmin, ties to the first (smallest d: the widest range)
         best = torch.argmin(self.err, dim=1)
         d = self.candidates[best]
@@ -203,6 +205,7 @@ class WeightPruner(StepCounter):
                     s = zhu_gupta(self.sparsity, k, self.repetition)
                     score = (w.detach() * self.mask).abs()
                     self.mask.copy_(smallest_mask(score, prune_count(s, w.numel())))
+                    dist_broadcast_(self.mask)  # identical masks even if weights drifted
                 self._active = True
         if not self._active:
             return w
@@ -285,7 +288,7 @@ class ActivationPruner(StepCounter):
                 with torch.no_grad():
                     if self._count == 0:
                         self._collect(h)
-                    sal = self.saliency
+                    sal = dist_sum_(self.saliency.clone())  # saliency over all ranks' batches
                     if self.mask.shape != sal.shape:
                         self.mask = torch.ones_like(sal)
                     s = zhu_gupta(self.sparsity, k, self.repetition)

@@ -106,3 +106,29 @@ def smallest_mask(score: torch.Tensor, n_prune: int) -> torch.Tensor:
         idx = torch.argsort(flat, stable=True)[:n_prune]
         mask[idx] = 0
     return mask.reshape(score.shape)
+
+
+# ----------------------------------------------------------------------------- distributed
+def dist_active() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def dist_sum_(t: torch.Tensor) -> torch.Tensor:
+    """All-reduce (sum) in place across ranks when torch.distributed is running; a no-op
+    otherwise. Used at the moment data-derived state is turned into a decision (fraction
+    bits, activation masks), so every rank decides from the same statistics."""
+    if dist_active():
+        import torch.distributed as dist
+
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def dist_broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    if dist_active():
+        import torch.distributed as dist
+
+        dist.broadcast(t, src)
+    return t
