@@ -1,0 +1,81 @@
+"""``qsp-flow``: the whole flow on one command, train -> bundle -> compile (hls4ml) ->
+csim-verify -> estimate/report. With no arguments it runs the embedded default: digits,
+MLP, 8-bit weights and activations, 50 % weight and activation sparsity, for pynq-z2.
+
+Every stage is the same entry point a user calls by hand (qsp-train, qsp-compile,
+qsp-estimate); this only chains them and stops at the first failure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import QspError
+
+
+def _stage(title, fn, argv):
+    print(f"\n=== {title}: {' '.join(argv)}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        rc = fn(argv)
+    except SystemExit as e:  # argparse / CLIs that exit
+        rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    rc = 0 if rc is None else rc
+    print(f"=== {title}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - t0:.1f} s",
+          flush=True)
+    return rc
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="qsp-flow", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=None, help="run directory (default runs/<task>-<timestamp>)")
+    ap.add_argument("--board", default="pynq-z2", help="board for compile and its estimate (default pynq-z2)")
+    ap.add_argument("--config", default=None, help="qsp-train YAML config")
+    ap.add_argument("--epochs", type=int, default=None, help="override the training epochs")
+    ap.add_argument("--skip-estimate", action="store_true", help="stop after the verified compile")
+    a = ap.parse_args(argv)
+
+    from .train import cli as train_cli
+
+    out = Path(a.out) if a.out else Path("runs") / time.strftime("digits-flow-%Y%m%d-%H%M%S")
+    targs = ["--out", str(out)]
+    if a.config:
+        targs += ["--config", a.config]
+    if a.epochs is not None:
+        targs += ["--epochs", str(a.epochs)]
+    if _stage("train", train_cli.main, targs):
+        return 1
+    bundle = out / "bundle"
+
+    from .compile import cli as compile_cli
+
+    if _stage("compile + csim verify", compile_cli.main, [str(bundle), "--board", a.board, "--out", str(out / "hls")]):
+        return 1
+    if not a.skip_estimate:
+        from .estimate import cli as estimate_cli
+
+        if _stage("estimate", estimate_cli.main, [str(bundle), "--board", "all", "--out", str(out / "estimate")]):
+            return 1
+    verify = json.loads((out / "hls" / "verify.json").read_text())
+    print("\n=== done")
+    print(f"bundle:   {bundle}")
+    print(f"hls:      {out / 'hls'}")
+    print(f"verify:   {out / 'hls' / 'verify.json'} -> {json.dumps(verify.get('summary', verify))[:300]}")
+    if not a.skip_estimate:
+        print(f"report:   {out / 'estimate' / 'report.html'}")
+    return 0
+
+
+def cli():
+    try:
+        sys.exit(main())
+    except QspError as e:
+        print(f"qsp-flow: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()
