@@ -1,0 +1,463 @@
+"""Integer-exact emulation of a bundle's quantized graph: the reference of verification.
+
+Every tensor is a batch of integer codes (``int64``) plus one fraction-bit count ``f``:
+its values are ``codes * 2**-f``, exactly. Nodes run in graph order (see
+:mod:`qsp.bundle.schema` for the semantics):
+
+``quantize``
+    :meth:`qsp.fixedpoint.FixedFormat.quantize_np` on the exact values (rounding and
+    saturation live only in :mod:`qsp.fixedpoint`), then the codes at the node's ``frac``.
+``linear`` / ``conv2d``
+    exact sum of products of the codes (fraction bits ``f_x + f_w``) plus the bias aligned to
+    the finer of the product's and the bias's fraction bits. Never rounded. Per-channel
+    weight formats are brought to one grid with :func:`qsp.fixedpoint.widen_to_cover`.
+    Convolution is an exact im2col matmul.
+``relu``, ``mask``, ``maxpool2d``, ``flatten`` (NCHW order), ``pixel_shuffle`` (PyTorch's
+channel order)
+    exact on the codes.
+``avgpool2d``
+    the window sum ``S`` (exact) divided by the window size ``n``. When ``n`` is a power of
+    two the mean is exact at ``f + log2 n`` fraction bits. Otherwise the mean has no finite
+    binary expansion; the emulator keeps ``F = avgpool_frac(...)`` fraction bits and
+    truncates toward zero (what hls4ml's pooling does with an accumulator of ``F``
+    fraction bits). With ``F = max(f, d + 1) + ceil(log2 n)``, where ``d`` is the fraction
+    bits of the next ``quantize`` node (reached through relu/mask/maxpool/flatten/
+    pixel_shuffle, which commute with truncation), no mean lies closer than ``2**-F`` to a
+    grid or half-grid point of ``d``, so the quantized result equals the quantized exact
+    mean for every rounding mode. With no quantize node after it, ``F = f + ceil(log2 n)``.
+
+Range analysis (:func:`analyze`) bounds every tensor's largest code from the bit widths
+and the (constant) weights; an ``int64`` overflow is impossible by construction, and a
+graph where one could occur raises :class:`~qsp.errors.QspError` before computing. Matmuls
+whose bound is below ``2**53`` run on float64 BLAS (every partial sum is an integer below
+``2**53``, so the result is exact in any summation order); wider ones on ``int64``.
+
+:func:`fake_quant_forward` is the training-time float32 computation (``F.linear`` /
+``F.conv2d`` + :func:`qsp.fixedpoint.quantize_torch`) of the same graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..bundle import (AvgPool2dNode, Bundle, Conv2dNode, FlattenNode, LinearNode, MaskNode,
+                      MaxPool2dNode, Node, PixelShuffleNode, QuantNode, ReluNode)
+from ..errors import BundleError, QspError, UnsupportedLayerError
+from ..fixedpoint import ceil_log2, round_np, to_int_np, widen_to_cover
+
+#: codes of every tensor stay below this (int64 with a bit of margin for the bias shift)
+INT64_LIMIT = 2 ** 62
+#: integers below this are exact in float64
+FLOAT64_EXACT = 2 ** 53
+#: elements of one im2col chunk (bounds the emulator's memory)
+_CHUNK_ELEMENTS = 2 ** 24
+
+
+# ============================================================================ data types
+@dataclass(frozen=True)
+class TensorInfo:
+    """Static range of a tensor: values are ``k * 2**-frac`` with ``|k| <= bound``."""
+
+    frac: int
+    bound: int
+    signed: bool = True
+
+    @property
+    def bits(self) -> int:
+        """Bits of a two's-complement (or unsigned) integer that holds every code."""
+        return max(1, int(self.bound).bit_length() + (1 if self.signed else 0))
+
+
+@dataclass
+class Step:
+    """One node with its input/output ranges and the integer constants it needs."""
+
+    node: Node
+    in_info: TensorInfo | None  # None: the raw (float) graph input
+    out_info: TensorInfo
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class Fixed:
+    """A batch of exact fixed-point values: ``codes * 2**-frac``."""
+
+    codes: np.ndarray  # int64
+    frac: int
+
+    def to_float(self, where: str = "") -> np.ndarray:
+        if self.codes.size and int(np.max(np.abs(self.codes))) >= FLOAT64_EXACT:
+            raise QspError(f"{where}: codes of {int(np.max(np.abs(self.codes))).bit_length()} bits cannot be "
+                           "converted to float64 exactly")
+        return np.ldexp(self.codes.astype(np.float64), -self.frac)
+
+
+# ============================================================================ helpers
+def _check_bound(node: Node, bound: int, what: str = "output") -> int:
+    if bound >= INT64_LIMIT:
+        raise QspError(f"node {node.name!r} ({node.op}): its {what} can reach {int(bound).bit_length()} bits, "
+                       "beyond the emulator's exact int64 range; narrow the formats")
+    return int(bound)
+
+
+def avgpool_frac(in_frac: int, window: int, next_quant_frac: int | None) -> int:
+    """Fraction bits the average pool keeps (see the module doc); the compiler gives
+    hls4ml's pooling accumulator the same."""
+    if window & (window - 1) == 0:  # power of two: the mean is exact
+        return in_frac + ceil_log2(window)
+    base = in_frac if next_quant_frac is None else max(in_frac, next_quant_frac + 1)
+    return base + ceil_log2(window)
+
+
+#: nodes through which the avgpool's truncation commutes (monotone, odd, value-preserving)
+_TRANSPARENT = (ReluNode, MaskNode, MaxPool2dNode, FlattenNode, PixelShuffleNode)
+
+
+def _next_quant_frac(graph: list[Node], i: int) -> int | None:
+    for n in graph[i + 1:]:
+        if isinstance(n, QuantNode):
+            return n.format.frac
+        if not isinstance(n, _TRANSPARENT):
+            return None
+    return None
+
+
+def weight_codes(bundle: Bundle, node: LinearNode | Conv2dNode) -> tuple[np.ndarray, int]:
+    """Integer weight codes on one grid (per-channel formats widened) and their frac."""
+    fmt = widen_to_cover(node.weight.formats())
+    try:
+        return to_int_np(bundle.weight(node.name), fmt.frac), fmt.frac
+    except (KeyError, ValueError) as e:
+        raise BundleError(f"node {node.name!r}: weights not usable ({e})") from None
+
+
+def bias_codes(bundle: Bundle, node: LinearNode | Conv2dNode) -> tuple[np.ndarray | None, int | None]:
+    b = bundle.bias(node.name)
+    if b is None:
+        return None, None
+    if node.bias is None:
+        raise BundleError(f"node {node.name!r}: has a bias array but no bias format in qspec.json")
+    try:
+        return to_int_np(b, node.bias.frac), node.bias.frac
+    except ValueError as e:
+        raise BundleError(f"node {node.name!r}: bias not on its grid ({e})") from None
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (list, tuple)) else (int(v), int(v))
+
+
+# ============================================================================ analysis
+_INFER: dict[str, Callable] = {}
+_RUN: dict[str, Callable] = {}
+
+
+def _op(op: str, table: dict):
+    def deco(fn):
+        table[op] = fn
+        return fn
+    return deco
+
+
+def _need_info(node, info):
+    if info is None:
+        raise BundleError(f"node {node.name!r} ({node.op}) gets the raw float input: the graph must start "
+                          "with a quantize node")
+    return info
+
+
+@_op("quantize", _INFER)
+def _infer_quant(bundle, graph, i, node: QuantNode, info):
+    f = node.format
+    return TensorInfo(f.frac, max(abs(f.int_min), abs(f.int_max)), f.signed), {"format": f}
+
+
+def _infer_weighted(bundle, node, info, fan_in_rows: np.ndarray, w: np.ndarray, wf: int):
+    """Shared by linear and conv: bound = max over outputs of sum|w| * max|x| + |b|."""
+    b, bf = bias_codes(bundle, node)
+    pf = info.frac + wf
+    out_f = pf if bf is None else max(pf, bf)
+    sp = out_f - pf
+    abs_rows = [int(v) for v in fan_in_rows]
+    if b is None:
+        bound = max(abs_rows, default=0) * info.bound << sp
+    else:
+        sb = out_f - bf
+        bound = max((r * info.bound << sp) + (abs(int(bb)) << sb) for r, bb in zip(abs_rows, b))
+    prod_bound = max(abs_rows, default=0) * info.bound  # partial sums before the shift
+    _check_bound(node, bound)
+    params = {"w": w, "w_frac": wf, "b": b, "b_frac": bf, "shift_prod": sp,
+              "shift_bias": None if bf is None else out_f - bf, "prod_bound": prod_bound}
+    return TensorInfo(out_f, bound, True), params
+
+
+@_op("linear", _INFER)
+def _infer_linear(bundle, graph, i, node: LinearNode, info):
+    info = _need_info(node, info)
+    w, wf = weight_codes(bundle, node)
+    if w.ndim != 2 or w.shape[1] != node.in_shape[-1]:
+        raise BundleError(f"node {node.name!r}: weight shape {list(w.shape)} does not match input {node.in_shape}")
+    return _infer_weighted(bundle, node, info, np.abs(w).sum(axis=1), w, wf)
+
+
+@_op("conv2d", _INFER)
+def _infer_conv(bundle, graph, i, node: Conv2dNode, info):
+    info = _need_info(node, info)
+    w, wf = weight_codes(bundle, node)
+    if w.ndim != 4 or w.shape[1] != node.in_shape[0]:
+        raise BundleError(f"node {node.name!r}: weight shape {list(w.shape)} does not match input {node.in_shape}")
+    out, params = _infer_weighted(bundle, node, info, np.abs(w).reshape(w.shape[0], -1).sum(axis=1), w, wf)
+    params.update(kernel=_pair(node.kernel_size), stride=_pair(node.stride), padding=_pair(node.padding))
+    return out, params
+
+
+@_op("relu", _INFER)
+def _infer_relu(bundle, graph, i, node, info):
+    info = _need_info(node, info)
+    return TensorInfo(info.frac, info.bound, False), {}
+
+
+@_op("mask", _INFER)
+def _infer_mask(bundle, graph, i, node: MaskNode, info):
+    info = _need_info(node, info)
+    try:
+        m = np.asarray(bundle.mask(node.name))
+    except KeyError:
+        raise BundleError(f"masks.npz: missing array '{node.name}.mask'") from None
+    if list(m.shape) != list(node.in_shape) or not np.isin(m, (0, 1)).all():
+        raise BundleError(f"masks.npz: {node.name}.mask must be 0/1 of shape {node.in_shape}")
+    return info, {"mask": m.astype(np.int64)}
+
+
+@_op("maxpool2d", _INFER)
+def _infer_maxpool(bundle, graph, i, node, info):
+    return _need_info(node, info), {"kernel": _pair(node.kernel_size), "stride": _pair(node.stride)}
+
+
+@_op("avgpool2d", _INFER)
+def _infer_avgpool(bundle, graph, i, node: AvgPool2dNode, info):
+    info = _need_info(node, info)
+    k, s = _pair(node.kernel_size), _pair(node.stride)
+    n = k[0] * k[1]
+    frac = avgpool_frac(info.frac, n, _next_quant_frac(graph, i))
+    up = frac - info.frac
+    _check_bound(node, info.bound * n << up, "window sum")
+    if (info.bound * n << up) >= FLOAT64_EXACT:
+        raise QspError(f"node {node.name!r} (avgpool2d): window sums of {(info.bound * n << up).bit_length()} bits "
+                       "are too wide for the exact division")
+    return TensorInfo(frac, info.bound << up, info.signed), {"kernel": k, "stride": s, "window": n, "up": up}
+
+
+@_op("flatten", _INFER)
+def _infer_flatten(bundle, graph, i, node, info):
+    return _need_info(node, info), {}
+
+
+@_op("pixel_shuffle", _INFER)
+def _infer_shuffle(bundle, graph, i, node: PixelShuffleNode, info):
+    info = _need_info(node, info)
+    r = int(node.factor)
+    if r < 1 or len(node.in_shape) != 3 or node.in_shape[0] % (r * r):
+        raise BundleError(f"node {node.name!r} (pixel_shuffle): factor {r} does not divide the channels of "
+                          f"{node.in_shape}")
+    return info, {"factor": r}
+
+
+def analyze(bundle: Bundle) -> list[Step]:
+    """Range analysis of the graph: per node, the fraction bits and largest code of its
+    input and output, plus the integer constants (weights, bias, mask) it uses. Raises
+    :class:`QspError` where an exact int64 computation could overflow."""
+    graph = list(bundle.graph)
+    steps: list[Step] = []
+    info: TensorInfo | None = None
+    for i, node in enumerate(graph):
+        fn = _INFER.get(node.op)
+        if fn is None:
+            raise UnsupportedLayerError(f"node {node.name!r}: op {node.op!r} is not supported by the emulator")
+        out, params = fn(bundle, graph, i, node, info)
+        steps.append(Step(node, info, out, params))
+        info = out
+    return steps
+
+
+# ============================================================================ kernels
+def int_matmul(a: np.ndarray, b: np.ndarray, bound: int) -> np.ndarray:
+    """Exact ``a @ b`` of int64 arrays whose partial sums are at most ``bound`` in
+    magnitude: float64 BLAS when ``bound < 2**53`` (exact in any order), int64 otherwise."""
+    if bound < FLOAT64_EXACT:
+        return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
+    return np.matmul(a.astype(np.int64), b.astype(np.int64))
+
+
+def _add_bias(acc: np.ndarray, p: dict, channel_axis: int) -> np.ndarray:
+    if p["shift_prod"]:
+        acc = acc << p["shift_prod"]
+    if p["b"] is not None:
+        shape = [1] * acc.ndim
+        shape[channel_axis] = -1
+        acc = acc + (p["b"] << p["shift_bias"]).reshape(shape)
+    return acc
+
+
+def _windows(codes: np.ndarray, kernel, stride) -> np.ndarray:
+    """(B, C, OH, OW, kh, kw) view of the pooling/conv windows (no padding)."""
+    v = np.lib.stride_tricks.sliding_window_view(codes, kernel, axis=(2, 3))
+    return v[:, :, ::stride[0], ::stride[1]]
+
+
+@_op("quantize", _RUN)
+def _run_quant(step: Step, x):
+    fmt = step.params["format"]
+    values = x if not isinstance(x, Fixed) else x.to_float(step.node.name)
+    q = fmt.quantize_np(values)  # exact float64 (rounding + saturation of qsp.fixedpoint)
+    return Fixed(to_int_np(q, fmt.frac), fmt.frac)
+
+
+@_op("linear", _RUN)
+def _run_linear(step: Step, x: Fixed):
+    p = step.params
+    acc = int_matmul(x.codes, p["w"].T, p["prod_bound"])
+    return Fixed(_add_bias(acc, p, acc.ndim - 1), step.out_info.frac)
+
+
+@_op("conv2d", _RUN)
+def _run_conv(step: Step, x: Fixed):
+    p = step.params
+    (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["padding"]
+    w = p["w"]
+    o = w.shape[0]
+    w2 = w.reshape(o, -1).T
+    codes = np.pad(x.codes, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    b = codes.shape[0]
+    oh, ow = step.node.out_shape[1], step.node.out_shape[2]
+    per_sample = oh * ow * w2.shape[0]
+    chunk = max(1, _CHUNK_ELEMENTS // max(per_sample, 1))
+    out = np.empty((b, o, oh, ow), dtype=np.int64)
+    for s in range(0, b, chunk):
+        win = _windows(codes[s:s + chunk], (kh, kw), (sh, sw))[:, :, :oh, :ow]
+        cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, w2.shape[0])
+        acc = int_matmul(cols, w2, p["prod_bound"]).reshape(win.shape[0], oh, ow, o)
+        out[s:s + chunk] = acc.transpose(0, 3, 1, 2)
+    return Fixed(_add_bias(out, p, 1), step.out_info.frac)
+
+
+@_op("relu", _RUN)
+def _run_relu(step: Step, x: Fixed):
+    return Fixed(np.maximum(x.codes, 0), x.frac)
+
+
+@_op("mask", _RUN)
+def _run_mask(step: Step, x: Fixed):
+    return Fixed(x.codes * step.params["mask"], x.frac)
+
+
+@_op("maxpool2d", _RUN)
+def _run_maxpool(step: Step, x: Fixed):
+    return Fixed(_windows(x.codes, step.params["kernel"], step.params["stride"]).max(axis=(4, 5)), x.frac)
+
+
+@_op("avgpool2d", _RUN)
+def _run_avgpool(step: Step, x: Fixed):
+    p = step.params
+    sums = _windows(x.codes, p["kernel"], p["stride"]).sum(axis=(4, 5)) << p["up"]
+    # a / n correctly rounded in float64 then truncated equals the exact truncated
+    # quotient while |a| < 2**53 (checked in the analysis)
+    q = round_np(sums.astype(np.float64) / p["window"], "zero")
+    return Fixed(q.astype(np.int64), step.out_info.frac)
+
+
+@_op("flatten", _RUN)
+def _run_flatten(step: Step, x: Fixed):
+    return Fixed(x.codes.reshape(x.codes.shape[0], -1), x.frac)
+
+
+@_op("pixel_shuffle", _RUN)
+def _run_shuffle(step: Step, x: Fixed):
+    r = step.params["factor"]
+    b, c, h, w = x.codes.shape
+    y = x.codes.reshape(b, c // (r * r), r, r, h, w).transpose(0, 1, 4, 2, 5, 3)
+    return Fixed(y.reshape(b, c // (r * r), h * r, w * r), x.frac)
+
+
+# ============================================================================ entry points
+def _check_input(bundle: Bundle, x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if not bundle.graph:
+        raise BundleError("the graph is empty")
+    first = bundle.graph[0].in_shape
+    if list(x.shape[1:]) != list(first):
+        raise QspError(f"input of shape {list(x.shape)} does not match the graph input {first} (batch first)")
+    return x
+
+
+def emulate(bundle: Bundle, x: np.ndarray, trace: bool = False, steps: list[Step] | None = None):
+    """Exact outputs of the bundle's quantized graph on ``x`` (batch first, NCHW).
+
+    Returns the float64 outputs, or with ``trace=True`` ``{node_name: float64 output}`` of
+    every node in graph order. ``steps`` (from :func:`analyze`) may be passed to reuse one
+    analysis over several calls."""
+    steps = analyze(bundle) if steps is None else steps
+    cur = _check_input(bundle, x)
+    out: dict[str, np.ndarray] = {}
+    for st in steps:
+        cur = _RUN[st.node.op](st, cur)
+        if trace:
+            out[st.node.name] = cur.to_float(st.node.name)
+    if trace:
+        return out
+    if not isinstance(cur, Fixed):
+        raise BundleError("the graph is empty")
+    return cur.to_float("output")
+
+
+def emulate_codes(bundle: Bundle, x: np.ndarray) -> list[tuple[str, Fixed]]:
+    """Per node, the exact integer codes and fraction bits (for reports)."""
+    cur = _check_input(bundle, x)
+    res = []
+    for st in analyze(bundle):
+        cur = _RUN[st.node.op](st, cur)
+        res.append((st.node.name, cur))
+    return res
+
+
+# ============================================================================ float32 torch
+def fake_quant_forward(bundle: Bundle, x, trace: bool = False):
+    """The training-time computation of the graph in float32 torch: ``F.linear`` /
+    ``F.conv2d`` on the on-grid weights and :func:`qsp.fixedpoint.quantize_torch` at every
+    quantize node (``F.avg_pool2d`` for average pooling, not truncated). Equal to
+    :func:`emulate` while every float32 partial sum is exact (codes below ``2**24``).
+    Returns float64 numpy outputs (or a trace dict like :func:`emulate`)."""
+    import torch
+    import torch.nn.functional as F
+
+    handlers = {
+        "quantize": lambda n, t: n.format.quantize_torch(t),
+        "linear": lambda n, t: F.linear(t, _t(bundle.weight(n.name)), _tb(bundle.bias(n.name))),
+        "conv2d": lambda n, t: F.conv2d(t, _t(bundle.weight(n.name)), _tb(bundle.bias(n.name)),
+                                        stride=_pair(n.stride), padding=_pair(n.padding)),
+        "relu": lambda n, t: F.relu(t),
+        "mask": lambda n, t: t * _t(bundle.mask(n.name)),
+        "maxpool2d": lambda n, t: F.max_pool2d(t, _pair(n.kernel_size), _pair(n.stride)),
+        "avgpool2d": lambda n, t: F.avg_pool2d(t, _pair(n.kernel_size), _pair(n.stride)),
+        "flatten": lambda n, t: torch.flatten(t, 1),
+        "pixel_shuffle": lambda n, t: F.pixel_shuffle(t, int(n.factor)),
+    }
+
+    def _t(a):
+        return torch.as_tensor(np.asarray(a, dtype=np.float32))
+
+    def _tb(a):
+        return None if a is None else _t(a)
+
+    out = {}
+    with torch.no_grad():
+        t = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        for n in bundle.graph:
+            if n.op not in handlers:
+                raise UnsupportedLayerError(f"node {n.name!r}: op {n.op!r} has no float32 forward")
+            t = handlers[n.op](n, t)
+            if trace:
+                out[n.name] = t.double().numpy()
+    return out if trace else t.double().numpy()
