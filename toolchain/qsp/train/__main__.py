@@ -1,0 +1,6 @@
+"""``python -m qsp.train`` == ``qsp-train``."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,251 @@
+"""The training loop: a :class:`Trainer` with one method per concern, so that data-parallel
+training (a distributed sampler in :meth:`Trainer.epoch_indices`, model wrapping in
+:meth:`Trainer.wrap_model`, rank-0-only logging and checkpointing via ``is_main``) slots in
+without a rewrite.
+
+Determinism and resume: the model is built after ``torch.manual_seed(seed)``; each epoch's
+order is a permutation drawn from ``(seed, epoch)`` only; the learning rate is a function
+of the step. A checkpoint stores model, optimizer, RNG states, the position (epoch, batch)
+and the running epoch statistics, so ``--resume`` skips the batches already done and ends
+with exactly the state of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from .checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .data import METRICS, DataSplits, TaskSpec
+from .methods import TrainingMethod
+from .models import build_model
+
+LOG_FIELDS = ("epoch", "step", "train_loss", "val_metric", "weight_sparsity", "act_sparsity", "quant_on", "lr",
+              "seconds")
+LOSSES = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    steps: int
+    epochs_done: int
+    stopped: bool  # True when max_steps ended the run early (resumable)
+    log: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Trainer:
+    def __init__(self, cfg, task: TaskSpec, data: DataSplits, method: TrainingMethod, factory: str,
+                 factory_kwargs: dict, run_dir: Path | None = None, tag: str = "", progress: bool | None = None):
+        self.cfg = cfg
+        self.task = task
+        self.data = data
+        self.method = method
+        self.factory = factory
+        self.factory_kwargs = factory_kwargs
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.tag = tag
+        self.progress = cfg.progress if progress is None else progress
+        self.is_main = True  # rank 0 under data parallelism: logs and checkpoints
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device: cuda was requested but torch sees no CUDA device")
+        self.device = torch.device(cfg.device)
+        self.n_train = len(data.x_train)
+        if self.n_train == 0:
+            raise ConfigError("train_limit/data: the training set is empty")
+        self.steps_per_epoch = math.ceil(self.n_train / cfg.batch_size)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.loss_fn = LOSSES[task.loss]
+        self.metric_fn = METRICS[task.metric]
+        self._x = torch.from_numpy(data.x_train).to(self.device)
+        self._y = torch.from_numpy(data.y_train).to(self.device)
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # ================================================================== building
+    def build(self) -> nn.Module:
+        torch.manual_seed(self.cfg.seed)
+        model = build_model(self.factory, self.factory_kwargs)
+        model = self.method.prepare(model, self.cfg, self.total_steps)
+        self.model = self.wrap_model(model.to(self.device))
+        self.optimizer = self.make_optimizer(self.model)
+        return self.model
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """Hook for DistributedDataParallel."""
+        return model
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        c = self.cfg
+        params = [p for p in model.parameters() if p.requires_grad]
+        if c.optimizer == "adam":
+            return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+        if c.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        return torch.optim.SGD(params, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay)
+
+    def lr_at(self, step: int) -> float:
+        if self.cfg.lr_schedule == "constant":
+            return self.cfg.lr
+        return 0.5 * self.cfg.lr * (1.0 + math.cos(math.pi * step / self.total_steps))
+
+    # ================================================================== data order
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """This epoch's sample order, from (seed, epoch) only (hook for a distributed sampler)."""
+        return np.random.default_rng([self.cfg.seed, epoch]).permutation(self.n_train)
+
+    def batch(self, order: np.ndarray, b: int):
+        idx = torch.from_numpy(order[b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size]).to(self.device)
+        return self._x[idx], self._y[idx]
+
+    # ================================================================== steps
+    def train_step(self, x, y, step: int) -> float:
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr_at(step)
+        self.model.train()
+        out = self.model(x)
+        loss = self.loss_fn(out, y)
+        extra = self.method.extra_loss(self.model, step)
+        if extra is not None:
+            loss = loss + extra
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.method.on_step_end(self.model, step)
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def predict(self, x: np.ndarray, batch: int = 1024) -> np.ndarray:
+        was = self.model.training
+        self.model.eval()
+        try:
+            outs = [self.model(torch.from_numpy(x[i:i + batch]).to(self.device)).float().cpu().numpy()
+                    for i in range(0, len(x), batch)]
+        finally:
+            self.model.train(was)
+        return np.concatenate(outs) if outs else np.zeros((0,))
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, groups=None) -> float:
+        if len(x) == 0:
+            return float("nan")
+        return self.metric_fn(self.predict(x), y, groups)
+
+    # ================================================================== checkpoints
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / "checkpoints" / LAST
+
+    def state(self, epoch: int, batch: int, step: int, loss_sum: float, loss_count: int, log: list,
+              elapsed: float) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch,
+                "batch": batch, "step": step, "loss_sum": loss_sum, "loss_count": loss_count,
+                "rng": rng_state(self.device), "log": [dict(r) for r in log], "elapsed": elapsed,
+                "total_steps": self.total_steps, "config": self.cfg.to_dict()}
+
+    def save(self, **pos) -> None:
+        if self.checkpoint_path is not None and self.is_main:
+            save_checkpoint(self.state(**pos), self.checkpoint_path)
+
+    def load(self, path: Path | None = None) -> dict:
+        ck = load_checkpoint(path or self.checkpoint_path, map_location=self.device)
+        if ck["total_steps"] != self.total_steps:
+            raise ConfigError(f"resume: the checkpoint was made for {ck['total_steps']} steps, this configuration "
+                              f"gives {self.total_steps} (epochs/batch_size/train_limit changed?)")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        set_rng_state(ck["rng"])
+        return ck
+
+    def write_log(self, log: list[dict]) -> None:
+        if self.run_dir is None or not self.is_main:
+            return
+        path = self.run_dir / "train_log.csv"
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            w.writeheader()
+            w.writerows(log)
+        tmp.replace(path)
+
+    # ================================================================== the loop
+    def fit(self, resume: bool = False) -> FitResult:
+        from tqdm.auto import tqdm
+
+        if self.model is None:
+            self.build()
+        cfg = self.cfg
+        epoch, b0, step, loss_sum, loss_count, log, elapsed = 0, 0, 0, 0.0, 0, [], 0.0
+        if resume:
+            ck = self.load()
+            epoch, b0, step = ck["epoch"], ck["batch"], ck["step"]
+            loss_sum, loss_count, log, elapsed = ck["loss_sum"], ck["loss_count"], list(ck["log"]), ck["elapsed"]
+        t0 = time.perf_counter() - elapsed
+        val_metric = log[-1]["val_metric"] if log else float("nan")
+        stopped = False
+        while epoch < cfg.epochs and not stopped:
+            order = self.epoch_indices(epoch)
+            bar = tqdm(total=self.steps_per_epoch, initial=b0, disable=None if (self.progress and self.is_main) else True,
+                       desc=f"{self.tag + ' ' if self.tag else ''}epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       dynamic_ncols=True)
+            for b in range(b0, self.steps_per_epoch):
+                x, y = self.batch(order, b)
+                loss_sum += self.train_step(x, y, step) * len(x)
+                loss_count += len(x)
+                step += 1
+                bar.update(1)
+                if b % 10 == 0 or b == self.steps_per_epoch - 1:
+                    bar.set_postfix(self._postfix(loss_sum / max(1, loss_count), val_metric), refresh=False)
+                last_in_epoch = b == self.steps_per_epoch - 1
+                if cfg.max_steps is not None and step >= cfg.max_steps and not last_in_epoch:
+                    self.save(epoch=epoch, batch=b + 1, step=step, loss_sum=loss_sum, loss_count=loss_count,
+                              log=log, elapsed=time.perf_counter() - t0)
+                    stopped = True
+                    break
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last_in_epoch:
+                    self.save(epoch=epoch, batch=b + 1, step=step, loss_sum=loss_sum, loss_count=loss_count,
+                              log=log, elapsed=time.perf_counter() - t0)
+            bar.close()
+            if stopped:
+                break
+            val_metric = self.evaluate(self.data.x_val, self.data.y_val, self.data.val_groups)
+            st = self.method.status(self.model)
+            row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(1, loss_count),
+                   "val_metric": val_metric, "weight_sparsity": st.get("weight_sparsity", 0.0),
+                   "act_sparsity": st.get("act_sparsity", 0.0), "quant_on": bool(st.get("quant_on", False)),
+                   "lr": self.lr_at(step), "seconds": round(time.perf_counter() - t0, 3)}
+            log.append(row)
+            if self.is_main and self.progress:
+                tqdm.write(self._epoch_line(row))
+            epoch, b0, loss_sum, loss_count = epoch + 1, 0, 0.0, 0
+            self.save(epoch=epoch, batch=0, step=step, loss_sum=0.0, loss_count=0, log=log,
+                      elapsed=time.perf_counter() - t0)
+            self.write_log(log)
+            if cfg.max_steps is not None and step >= cfg.max_steps and epoch < cfg.epochs:
+                stopped = True
+        return FitResult(self.model, step, epoch, stopped, log, time.perf_counter() - t0)
+
+    def _postfix(self, loss, metric) -> dict:
+        st = self.method.status(self.model)
+        d = {"loss": f"{loss:.4f}", self.task.metric: f"{metric:.2f}"}
+        if "weight_sparsity" in st:
+            d["w_sp"] = f"{st['weight_sparsity']:.2f}"
+            d["a_sp"] = f"{st['act_sparsity']:.2f}"
+            d["quant"] = "on" if st["quant_on"] else "off"
+        return d
+
+    def _epoch_line(self, r) -> str:
+        s = (f"{self.tag + ' ' if self.tag else ''}epoch {r['epoch']:>3}/{self.cfg.epochs}  step {r['step']:>6}  "
+             f"loss {r['train_loss']:.4f}  val {self.task.metric} {r['val_metric']:.2f}")
+        if isinstance(self.method, TrainingMethod) and self.method.exports:
+            s += (f"  w_sparsity {r['weight_sparsity']:.3f}  a_sparsity {r['act_sparsity']:.3f}  "
+                  f"quant {'on' if r['quant_on'] else 'off'}")
+        return s
