@@ -1,0 +1,191 @@
+"""Learned-bitwidth quantizer (Uhlich et al., ICLR 2020, as used by DJPQ).
+
+Each quantizer learns its step ``d`` and its range ``q_max`` (both through their logarithms,
+which keeps them positive). The bitwidth is not a parameter: it follows from them,
+
+    signed:    b = log2(q_max / d + 1) + 1
+    unsigned:  b = log2(q_max / d + 1)
+
+which is differentiable in ``d`` and ``q_max``, so the BOPs penalty (which multiplies bits)
+pulls on the range and the step directly.
+
+Hardware needs a fixed-point format, so the quantizer always *computes* with one:
+
+* the step is snapped to a power of two, ``d -> 2**-frac`` with ``frac = -round(log2 d)``;
+* the bitwidth is snapped up to an integer, ``B = ceil(b)`` (clamped to ``[min_bits,
+  max_bits]``), or, with ``pow2=True``, to the nearest allowed power-of-two bitwidth
+  (2, 4, 8, 16) in the log domain;
+* the output is ``Q(x) = clamp(R(x * 2**frac), k_min, k_max) * 2**-frac`` of
+  ``FixedFormat(B, frac, signed, rounding)``, rounded by :mod:`qsp.fixedpoint`.
+
+The forward value is therefore, in training and in evaluation alike, exactly the exported
+format's quantization (what ``ap_fixed`` computes). Gradients are straight-through: the
+snaps (round of ``log2 d``, ceil / power-of-two of ``b``, the rounding of ``x / d``) pass
+the gradient of their continuous argument, the clip passes it to ``x`` inside the range and
+to the range outside it. Written that way the gradient reaching ``q_max`` is exactly that
+of Uhlich et al.'s ``clip(x, -q_max, q_max)`` and the gradient reaching ``d`` that of
+``d * round(x / d)`` (``round(x/d) - x/d`` inside the range).
+
+In ``pow2`` mode the snapped bitwidth sets the clipping range (``q_max`` is then only a
+continuous handle on ``b``): the network is trained with exactly the power-of-two formats it
+will be deployed with, and the BOPs penalty sees the snapped bits (straight-through).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .. import fixedpoint as fp
+
+POW2_BITS = (2, 4, 8, 16)
+LN2 = math.log(2.0)
+
+
+def ste(exact: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """``exact`` in the forward pass (bit for bit), the gradient of ``surrogate``."""
+    return exact.detach() + (surrogate - surrogate.detach())
+
+
+def signed_bits(q_max, d, signed: bool):
+    """Uhlich et al.'s bitwidth of a range ``q_max`` and a step ``d`` (torch or float)."""
+    if isinstance(q_max, torch.Tensor):
+        b = torch.log2(q_max / d + 1.0)
+    else:
+        b = math.log2(q_max / d + 1.0)
+    return b + 1 if signed else b
+
+
+def snap_pow2_bits(b: float, allowed=POW2_BITS) -> int:
+    """The allowed bitwidth nearest to ``b`` in the log domain (ties to the larger)."""
+    lb = math.log2(max(b, 1e-9))
+    return min(allowed, key=lambda a: (abs(math.log2(a) - lb), -a))
+
+
+class LearnedQuantizer(nn.Module):
+    """Per-tensor fixed-point quantizer with a learned step and range.
+
+    ``signed=None`` decides the sign from the first training batch (signed if it holds a
+    negative value); the choice is kept in a buffer. The range and step are initialised
+    from the first tensor seen (``init_from``; weights are initialised at construction) so
+    that the initial bitwidth is ``init_bits``.
+    """
+
+    def __init__(self, signed: bool | None = True, *, init_bits: int = 8, min_bits: int = 2,
+                 max_bits: int = 16, pow2: bool = False, rounding: str = fp.DEFAULT_ROUNDING,
+                 init_quantile: float = 1.0):
+        super().__init__()
+        fp.check_bits(init_bits, "init_bits", 1, 24)
+        fp.check_bits(min_bits, "min_bits", 1, 24)
+        fp.check_bits(max_bits, "max_bits", min_bits, 24)
+        self.init_bits = int(init_bits)
+        self.min_bits = int(min_bits)
+        self.max_bits = int(max_bits)
+        self.pow2 = bool(pow2)
+        self.allowed = tuple(a for a in POW2_BITS if self.min_bits <= a <= self.max_bits)
+        if self.pow2 and not self.allowed:
+            raise ValueError(f"pow2=True but no power-of-two bitwidth lies in [{min_bits}, {max_bits}]")
+        self.rounding = fp.check_rounding(rounding)
+        if not 0.0 < init_quantile <= 1.0:
+            raise ValueError(f"init_quantile={init_quantile!r} must be in (0, 1]")
+        self.init_quantile = float(init_quantile)
+        self.log_d = nn.Parameter(torch.tensor(math.log(2.0 ** -7)))
+        self.log_qmax = nn.Parameter(torch.tensor(0.0))
+        self.register_buffer("_signed", torch.tensor(-1 if signed is None else int(bool(signed)), dtype=torch.int8))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    def extra_repr(self):
+        s = {-1: "auto", 0: False, 1: True}[int(self._signed)]
+        return f"signed={s}, init_bits={self.init_bits}, bits=[{self.min_bits},{self.max_bits}], pow2={self.pow2}"
+
+    # ------------------------------------------------------------------ init
+    @property
+    def signed(self) -> bool:
+        return int(self._signed) != 0  # unknown counts as signed until data is seen
+
+    @torch.no_grad()
+    def init_from(self, x: torch.Tensor) -> None:
+        """Set ``q_max`` to the data's (quantile of) magnitude and ``d`` so that the
+        bitwidth is ``init_bits``."""
+        x = x.detach().float()
+        if int(self._signed) == -1:
+            self._signed.fill_(int(bool((x < 0).any())))
+        a = x.abs().flatten()
+        if a.numel() == 0:
+            q = 1.0
+        elif self.init_quantile < 1.0:
+            q = float(torch.quantile(a[: 1 << 20], self.init_quantile))
+        else:
+            q = float(a.max())
+        q = q if q > 0 else 1.0
+        levels = 2 ** (self.init_bits - 1) - 1 if self.signed else 2 ** self.init_bits - 1
+        d = 2.0 ** math.ceil(math.log2(q / max(levels, 1)))  # the data's range fits init_bits
+        q = max(q, d)
+        self.log_d.fill_(math.log(d))
+        self.log_qmax.fill_(math.log(q))
+        self.initialized.fill_(True)
+
+    # ------------------------------------------------------------------ bits and formats
+    def log2_step(self) -> torch.Tensor:
+        return self.log_d / LN2
+
+    def frac(self) -> int:
+        """Fraction bits of the snapped power-of-two step."""
+        return -int(torch.round(self.log2_step().detach()).item())
+
+    def bits_unclamped(self) -> torch.Tensor:
+        """Uhlich's differentiable bitwidth, the step already snapped to a power of two
+        (straight-through)."""
+        l2 = self.log2_step()
+        d = torch.exp2(ste(torch.round(l2.detach()), l2))
+        return signed_bits(torch.exp(self.log_qmax), d, self.signed)
+
+    def bits_continuous(self) -> torch.Tensor:
+        """:meth:`bits_unclamped` clamped to ``[min_bits, max_bits]`` (what BOPs count)."""
+        return torch.clamp(self.bits_unclamped(), float(self.min_bits), float(self.max_bits))
+
+    def _snap(self, b: float) -> int:
+        if self.pow2:
+            return snap_pow2_bits(b, self.allowed)
+        return int(min(max(math.ceil(b - 1e-4), self.min_bits), self.max_bits))
+
+    def bits(self) -> int:
+        """The integer bitwidth used in the forward pass and at export."""
+        return self._snap(float(self.bits_continuous().detach()))
+
+    def bits_train(self) -> torch.Tensor:
+        """Bits for the BOPs penalty: continuous (integer mode) or the snapped power of two
+        with the continuous gradient (pow2 mode)."""
+        b = self.bits_continuous()
+        if self.pow2:
+            return ste(torch.tensor(float(self._snap(float(b.detach()))), device=b.device), b)
+        return b
+
+    def format(self) -> fp.FixedFormat:
+        """The fixed-point format this quantizer computes with (and exports)."""
+        return fp.FixedFormat(self.bits(), self.frac(), self.signed, self.rounding)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and not bool(self.initialized):
+            self.init_from(x)
+        fmt = self.format()
+        exact = fp.quantize_torch(x, fmt.bits, fmt.frac, fmt.signed, fmt.rounding)
+        if not torch.is_grad_enabled() or not (x.requires_grad or self.log_d.requires_grad):
+            return exact
+        # surrogate with Uhlich's gradients (see the module docstring)
+        l2 = self.log2_step()
+        d = torch.exp2(ste(torch.round(l2.detach()), l2))
+        b = self.bits_unclamped()  # unclamped: the task can pull a clamped range back
+        bs = ste(torch.tensor(float(fmt.bits), device=x.device), b)
+        if self.signed:
+            hi = (torch.exp2(bs - 1) - 1) * d
+            lo = -torch.exp2(bs - 1) * d
+        else:
+            hi = (torch.exp2(bs) - 1) * d
+            lo = torch.zeros_like(hi)
+        xc = torch.minimum(torch.maximum(x, lo), hi)
+        u = xc / d
+        sur = d * (u + (torch.round(u) - u).detach())
+        return ste(exact, sur)
