@@ -1,0 +1,242 @@
+"""FPGA boards: one YAML data file per board, read into a typed :class:`Board`.
+
+Where board files are looked for, first match of a name wins:
+
+1. directories passed as ``extra_dirs`` to :func:`get_board` / :func:`known_boards` /
+   :func:`all_boards`;
+2. the directories in the ``QSP_BOARDS_DIR`` environment variable (``os.pathsep``-separated);
+3. the built-in boards: ``boards/`` at the repository root (source tree / editable install),
+   or ``<sys.prefix>/share/qsp/boards`` (an installed wheel; see pyproject's data-files).
+
+A user adds a board by dropping ``<name>.yaml`` into one of these directories. A file
+whose stem differs from its ``name`` field, a missing or ill-typed field, or inconsistent
+block-RAM figures raise :class:`~qsp.errors.BoardError` naming the file and the field.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+
+from .errors import BoardError
+
+ENV_VAR = "QSP_BOARDS_DIR"
+#: kbit of one 36 Kb block RAM; the data sheets' "Mb" are 1024 kbit
+BRAM36_KBIT = 36
+BRAM18_BITS = 18 * 1024
+
+
+@dataclass(frozen=True)
+class OffchipMemory:
+    type: str
+    size_mb: float  # MiB
+    bandwidth_gb_s: float  # peak, 10^9 bytes/s
+    bus_bits: int | None = None
+    mt_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Board:
+    """One board's device totals (the estimator's budget) and where they came from."""
+
+    name: str
+    part: str
+    lut: int
+    ff: int
+    dsp: int
+    bram18k: int
+    bram36k: int
+    bram_mb: float
+    uram: int
+    clock_mhz: float
+    offchip: OffchipMemory
+    hls4ml_board: str | None
+    sources: dict[str, str]
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    family: str = ""
+    dsp_kind: str = "DSP48E2"
+    notes: str = ""
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def clock_period_ns(self) -> float:
+        return 1e3 / self.clock_mhz
+
+    @property
+    def bram_bits(self) -> int:
+        """On-chip block RAM in bits (18 Kb blocks x 18,432)."""
+        return self.bram18k * BRAM18_BITS
+
+    @property
+    def uram_bits(self) -> int:
+        return self.uram * 288 * 1024
+
+    @property
+    def onchip_bits(self) -> int:
+        return self.bram_bits + self.uram_bits
+
+    @property
+    def dsp_mult_width(self) -> tuple[int, int]:
+        """Widest signed multiply one DSP slice does: 25x18 (DSP48E1), 27x18 (DSP48E2)."""
+        return (25, 18) if self.dsp_kind.upper() == "DSP48E1" else (27, 18)
+
+    def budget(self) -> dict[str, int]:
+        """Resources the estimator checks, by name."""
+        return {"LUT": self.lut, "FF": self.ff, "DSP": self.dsp, "BRAM18": self.bram18k, "URAM": self.uram}
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
+        d["offchip"] = {k: v for k, v in vars(self.offchip).items() if v is not None}
+        d["aliases"] = list(self.aliases)
+        d["sources"] = dict(self.sources)
+        return d
+
+
+# ----------------------------------------------------------------------------- validation
+_INT = (int,)
+_NUM = (int, float)
+#: field -> (types, required)
+_FIELDS: dict[str, tuple[tuple, bool]] = {
+    "name": ((str,), True), "part": ((str,), True),
+    "lut": (_INT, True), "ff": (_INT, True), "dsp": (_INT, True),
+    "bram18k": (_INT, True), "bram36k": (_INT, True), "bram_mb": (_NUM, True), "uram": (_INT, True),
+    "clock_mhz": (_NUM, True), "offchip": ((dict,), True), "hls4ml_board": ((str, type(None)), True),
+    "sources": ((dict,), True),
+    "description": ((str,), False), "aliases": ((list,), False), "family": ((str,), False),
+    "dsp_kind": ((str,), False), "notes": ((str, type(None)), False),
+}
+_OFFCHIP: dict[str, tuple[tuple, bool]] = {
+    "type": ((str,), True), "size_mb": (_NUM, True), "bandwidth_gb_s": (_NUM, True),
+    "bus_bits": ((int, type(None)), False), "mt_s": ((int, float, type(None)), False),
+}
+#: every figure needs a source: its own key, or the group key in brackets
+_SOURCE_OF = {"part": ("part",), "lut": ("lut", "resources"), "ff": ("ff", "resources"),
+              "dsp": ("dsp", "resources"), "bram": ("bram", "resources"), "uram": ("uram", "resources"),
+              "clock_mhz": ("clock_mhz",), "offchip": ("offchip",)}
+
+
+def _check_fields(d: dict, spec: dict, where: str) -> None:
+    for k, (types, required) in spec.items():
+        if k not in d:
+            if required:
+                raise BoardError(f"{where}: missing field {k!r}")
+            continue
+        v = d[k]
+        if isinstance(v, bool) or not isinstance(v, types):
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise BoardError(f"{where}: field {k!r} must be {want}, got {v!r}")
+        if types in (_INT, _NUM) and v < 0:
+            raise BoardError(f"{where}: field {k!r} must not be negative, got {v!r}")
+    unknown = set(d) - set(spec)
+    if unknown:
+        raise BoardError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(spec)}")
+
+
+def board_from_dict(d, where: str = "board") -> Board:
+    """Validate a parsed board file and build a :class:`Board`."""
+    if not isinstance(d, dict):
+        raise BoardError(f"{where}: top level must be a mapping of fields")
+    _check_fields(d, _FIELDS, where)
+    _check_fields(d["offchip"], _OFFCHIP, f"{where}: offchip")
+    for k in ("lut", "ff", "dsp", "clock_mhz"):
+        if d[k] <= 0:
+            raise BoardError(f"{where}: field {k!r} must be positive, got {d[k]!r}")
+    if d["bram18k"] != 2 * d["bram36k"]:
+        raise BoardError(f"{where}: field 'bram18k' ({d['bram18k']}) must be twice 'bram36k' ({d['bram36k']})")
+    mb = d["bram36k"] * BRAM36_KBIT / 1024
+    if abs(d["bram_mb"] - mb) > 0.05 * max(mb, 0.1):
+        raise BoardError(f"{where}: field 'bram_mb' ({d['bram_mb']}) disagrees with 'bram36k' "
+                         f"({d['bram36k']} x 36 Kb = {mb:.2f} Mb)")
+    src = d["sources"]
+    for fig, keys in _SOURCE_OF.items():
+        if not any(isinstance(src.get(k), str) and src.get(k).strip() for k in keys):
+            raise BoardError(f"{where}: field 'sources' has no entry for {fig!r} (give one of {list(keys)})")
+    aliases = d.get("aliases", [])
+    if not all(isinstance(a, str) for a in aliases):
+        raise BoardError(f"{where}: field 'aliases' must be a list of strings")
+    o = d["offchip"]
+    return Board(
+        name=d["name"], part=d["part"], lut=d["lut"], ff=d["ff"], dsp=d["dsp"], bram18k=d["bram18k"],
+        bram36k=d["bram36k"], bram_mb=float(d["bram_mb"]), uram=d["uram"], clock_mhz=float(d["clock_mhz"]),
+        offchip=OffchipMemory(o["type"], float(o["size_mb"]), float(o["bandwidth_gb_s"]), o.get("bus_bits"),
+                              o.get("mt_s")),
+        hls4ml_board=d["hls4ml_board"], sources={str(k): str(v) for k, v in src.items()},
+        description=d.get("description", ""), aliases=tuple(a.lower() for a in aliases),
+        family=d.get("family", ""), dsp_kind=d.get("dsp_kind", "DSP48E2"), notes=d.get("notes") or "")
+
+
+def load_board(path) -> Board:
+    """Read and validate one board file."""
+    p = Path(path)
+    try:
+        d = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise BoardError(f"board file {str(p)!r} cannot be read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise BoardError(f"board file {p}: not valid YAML ({e})") from None
+    b = board_from_dict(d, f"board file {p}")
+    if b.name.lower() != p.stem.lower():
+        raise BoardError(f"board file {p}: field 'name' ({b.name!r}) must equal the file name ({p.stem!r})")
+    return Board(**{**{f.name: getattr(b, f.name) for f in fields(b)}, "path": p})
+
+
+# ----------------------------------------------------------------------------- lookup
+def builtin_dirs() -> list[Path]:
+    """Directories of the boards that ship with qsp (those that exist)."""
+    here = Path(__file__).resolve().parent
+    cands = [here.parent.parent / "boards",  # <repo>/toolchain/qsp/boards.py -> <repo>/boards
+             Path(sys.prefix) / "share" / "qsp" / "boards"]
+    return [c for c in cands if c.is_dir()]
+
+
+def board_dirs(extra_dirs: Iterable | None = None) -> list[Path]:
+    dirs = [Path(d) for d in (extra_dirs or [])]
+    env = os.environ.get(ENV_VAR, "")
+    dirs += [Path(d) for d in env.split(os.pathsep) if d]
+    for d in dirs:
+        if not d.is_dir():
+            raise BoardError(f"board directory {str(d)!r} does not exist "
+                             f"(from {'$' + ENV_VAR if str(d) in env else 'the command line'})")
+    return dirs + builtin_dirs()
+
+
+def _board_files(extra_dirs=None) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for d in board_dirs(extra_dirs):
+        for f in sorted(list(d.glob("*.yaml")) + list(d.glob("*.yml"))):
+            out.setdefault(f.stem.lower(), f)
+    return out
+
+
+def known_boards(extra_dirs=None) -> list[str]:
+    """Names of every board found (sorted)."""
+    return sorted(_board_files(extra_dirs))
+
+
+def all_boards(extra_dirs=None) -> list[Board]:
+    """Every board found, loaded and validated, in name order."""
+    return [load_board(f) for _, f in sorted(_board_files(extra_dirs).items())]
+
+
+def get_board(name: str, extra_dirs=None) -> Board:
+    """The board called ``name`` (case-insensitive) or one of its aliases; a path to a
+    board file works too."""
+    if isinstance(name, Board):
+        return name
+    key = str(name).strip()
+    if key.endswith((".yaml", ".yml")) and Path(key).is_file():
+        return load_board(key)
+    key = key.lower()
+    files = _board_files(extra_dirs)
+    if key in files:
+        return load_board(files[key])
+    for stem, f in files.items():
+        b = load_board(f)
+        if key in b.aliases:
+            return b
+    raise BoardError(f"unknown board {name!r}; known boards: {', '.join(sorted(files))}")
