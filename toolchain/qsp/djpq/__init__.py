@@ -9,7 +9,7 @@ Blankevoort, ECCV 2020), down to the qsp bundle. See docs/djpq.md.
 * :func:`export_djpq` (bundle), :class:`RemovePrunedChannels` (graph transformation).
 """
 from .bops import BopsController, DJPQObjective, LayerBops, bundle_bops, fp32_bops, kl_term, model_bops, summary
-from .convert import DJPQConfig, convert, layer_chain, param_groups, record_macs
+from .convert import DJPQConfig, convert, layer_chain, param_groups, record_macs, set_lr_scales
 from .gates import VIBGate
 from .layers import DJPQLayer
 from .quant import POW2_BITS, LearnedQuantizer, signed_bits, snap_pow2_bits
@@ -17,6 +17,6 @@ from .transforms import RemovePrunedChannels
 from .export import djpq_report, export_djpq, format_report  # noqa: E402  (registers the exporters)
 
 __all__ = ["LearnedQuantizer", "VIBGate", "DJPQLayer", "DJPQConfig", "convert", "layer_chain", "param_groups",
-           "record_macs", "model_bops", "fp32_bops", "kl_term", "summary", "LayerBops", "BopsController",
+           "record_macs", "set_lr_scales", "model_bops", "fp32_bops", "kl_term", "summary", "LayerBops", "BopsController",
            "DJPQObjective", "bundle_bops", "RemovePrunedChannels", "export_djpq", "djpq_report", "format_report",
            "POW2_BITS", "signed_bits", "snap_pow2_bits"]

@@ -121,7 +121,7 @@ class DJPQObjective:
         ratio = bops / fp32_bops(model)
         kl = kl_term(model)
         loss = self.cfg.kl_weight * kl + self.controller.lam * ratio
-        self.last = {"bops_ratio": float(ratio), "kl": float(kl), "lambda_bops": self.controller.lam}
+        self.last = {"bops_ratio": _f(ratio), "kl": _f(kl), "lambda_bops": self.controller.lam}
         if update:
             self.controller.update(float(ratio))
         return loss

@@ -100,9 +100,10 @@ def _leaves(model: nn.Module, prefix=""):
             yield name, child, model, key
 
 
-def convert(model: nn.Module, input_shape, cfg: DJPQConfig | None = None, **overrides) -> nn.Sequential:
-    """Wrap ``model`` (a sequential model, modified in place) for DJPQ training and record
-    each weight layer's dense MACs for one input of ``input_shape`` (no batch dim)."""
+def convert(model: nn.Module, input_shape=None, cfg: DJPQConfig | None = None, **overrides) -> nn.Sequential:
+    """Wrap ``model`` (a sequential model, modified in place) for DJPQ training. With
+    ``input_shape`` (no batch dim) each weight layer's dense MACs are recorded now,
+    otherwise on the first forward pass."""
     cfg = cfg or DJPQConfig()
     if overrides:
         cfg = cfg.with_(**overrides)
@@ -119,26 +120,15 @@ def convert(model: nn.Module, input_shape, cfg: DJPQConfig | None = None, **over
             setattr(parent, key, nn.Sequential(OrderedDict([("act", mod), ("quant", aq)])))
     inq = LearnedQuantizer(cfg.input_signed, **cfg.quant_kw(cfg.input_bits))
     out = nn.Sequential(OrderedDict([("input_quant", inq), ("net", model)]))
-    record_macs(out, input_shape)
+    if input_shape is not None:
+        record_macs(out, input_shape)
     return out
 
 
 @torch.no_grad()
 def record_macs(model: nn.Module, input_shape) -> None:
-    """Store each DJPQLayer's dense MACs for one input (a forward pass with hooks)."""
-    hooks = []
-
-    def hook(mod, inp, out):
-        w = mod.layer.weight
-        if isinstance(mod.layer, nn.Linear):
-            macs = w.shape[0] * w.shape[1]
-        else:
-            macs = w.shape[0] * w.shape[1] * w.shape[2] * w.shape[3] * out.shape[2] * out.shape[3]
-        mod.macs.fill_(int(macs))
-
-    for m in model.modules():
-        if isinstance(m, DJPQLayer):
-            hooks.append(m.register_forward_hook(hook))
+    """Record each DJPQLayer's dense MACs for one input of ``input_shape`` (an evaluation
+    forward pass on zeros; a training forward records them too)."""
     was = model.training
     model.eval()
     try:
@@ -146,8 +136,6 @@ def record_macs(model: nn.Module, input_shape) -> None:
         model(torch.zeros((1,) + tuple(input_shape), device=dev))
     finally:
         model.train(was)
-        for h in hooks:
-            h.remove()
 
 
 @dataclass
@@ -182,9 +170,9 @@ def param_groups(model: nn.Module, lr: float, cfg: DJPQConfig) -> list[dict]:
     qp, gp, wp = [], [], []
     for name, p in model.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
-        if leaf in ("log_d", "log_qmax"):
+        if leaf in ("raw_log_d", "raw_log_qmax"):
             qp.append(p)
-        elif leaf in ("mu", "logvar"):
+        elif leaf in ("raw_mu", "raw_logvar"):
             gp.append(p)
         else:
             wp.append(p)
@@ -194,6 +182,18 @@ def param_groups(model: nn.Module, lr: float, cfg: DJPQConfig) -> list[dict]:
     if gp:
         groups.append({"params": gp, "lr": cfg.gate_lr, "weight_decay": 0.0})
     return groups
+
+
+def set_lr_scales(model: nn.Module, quant: float, gate: float) -> None:
+    """Make quantizer and gate parameters move ``quant`` / ``gate`` times faster than the
+    optimizer's learning rate (Adam), for trainers with a single parameter group."""
+    from .gates import VIBGate
+
+    for m in model.modules():
+        if isinstance(m, LearnedQuantizer):
+            m.set_param_scale(quant)
+        elif isinstance(m, VIBGate):
+            m.set_param_scale(gate)
 
 
 def gated_channels(model) -> int:

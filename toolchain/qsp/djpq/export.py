@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..bundle import Conv2dNode, LinearNode, ModelRef, QuantNode, TaskInfo, WeightFormat
@@ -101,6 +102,20 @@ def format_report(rep: dict) -> str:
     return "\n".join(lines)
 
 
+@torch.no_grad()
+def _accuracy(model: nn.Module, x, y, batch: int = 1024) -> float:
+    """Test accuracy of the model in evaluation mode (exactly the bundle's computation)."""
+    was = model.training
+    model.eval()
+    try:
+        dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+        x = torch.as_tensor(np.asarray(x, np.float32))
+        pred = torch.cat([model(x[i:i + batch].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch)])
+        return float((pred.numpy() == np.asarray(y)).mean())
+    finally:
+        model.train(was)
+
+
 def export_djpq(model: nn.Module, task: TaskInfo, model_ref: ModelRef, test_x=None, test_y=None,
                 cfg: DJPQConfig | None = None, metrics: dict | None = None, extra: dict | None = None,
                 remove_channels: bool = True) -> Bundle:
@@ -110,6 +125,9 @@ def export_djpq(model: nn.Module, task: TaskInfo, model_ref: ModelRef, test_x=No
     plan = (cfg or DJPQConfig()).to_dict()
     b = make_bundle(model, task, model_ref, test_x, test_y, plan=plan, metrics=metrics, method="djpq",
                     extra=extra)
+    metrics = dict(metrics or {})
+    if test_x is not None and test_y is not None and task.kind == "classification" and "accuracy" not in metrics:
+        metrics["accuracy"] = _accuracy(model, test_x, test_y)
     b.qspec.extra["djpq"] = djpq_report(model, b, metrics)
     if remove_channels:
         b = RemovePrunedChannels().apply(b)

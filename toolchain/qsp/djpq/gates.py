@@ -38,8 +38,29 @@ class VIBGate(nn.Module):
         self.channels = int(channels)
         self.log_threshold = math.log(threshold)
         self.temperature = float(temperature)
-        self.mu = nn.Parameter(torch.full((channels,), float(init_mu)))
-        self.logvar = nn.Parameter(torch.full((channels,), float(init_logvar)))
+        # stored divided by `param_scale` (an lr multiplier; see set_param_scale)
+        self.raw_mu = nn.Parameter(torch.full((channels,), float(init_mu)))
+        self.raw_logvar = nn.Parameter(torch.full((channels,), float(init_logvar)))
+        self.register_buffer("param_scale", torch.ones(()))
+
+    @property
+    def mu(self) -> torch.Tensor:
+        return self.raw_mu * self.param_scale
+
+    @property
+    def logvar(self) -> torch.Tensor:
+        return self.raw_logvar * self.param_scale
+
+    @torch.no_grad()
+    def set_param_scale(self, scale: float) -> None:
+        """Store ``mu`` and ``log sigma^2`` as ``value / scale`` (values unchanged): with Adam
+        they then move ``scale`` times faster than the optimizer's learning rate."""
+        if not scale > 0:
+            raise ValueError(f"scale={scale!r} must be > 0")
+        mu, lv = self.mu.detach().clone(), self.logvar.detach().clone()
+        self.param_scale.fill_(float(scale))
+        self.raw_mu.copy_(mu / scale)
+        self.raw_logvar.copy_(lv / scale)
 
     def extra_repr(self):
         return f"channels={self.channels}, threshold={math.exp(self.log_threshold):g}"
@@ -69,6 +90,7 @@ class VIBGate(nn.Module):
     def forward(self) -> torch.Tensor:
         """The gate vector ``z`` (one draw per channel in training)."""
         if self.training:
-            eps = torch.randn_like(self.mu)
-            return self.mu + torch.exp(0.5 * self.logvar) * eps
-        return self.mu * self.keep_mask().to(self.mu.dtype)
+            mu = self.mu
+            return mu + torch.exp(0.5 * self.logvar) * torch.randn_like(mu)
+        mu = self.mu
+        return mu * self.keep_mask().to(mu.dtype)

@@ -91,5 +91,18 @@ class DJPQLayer(nn.Module):
     def forward(self, x):
         w, b, _ = self._weights()
         if isinstance(self.layer, nn.Linear):
-            return F.linear(x, w, b)
-        return self.layer._conv_forward(x, w, b)
+            y = F.linear(x, w, b)
+        else:
+            y = self.layer._conv_forward(x, w, b)
+        if not self._macs_known:
+            self.record_macs(y)
+        return y
+
+    _macs_known = False
+
+    def record_macs(self, y: torch.Tensor) -> None:
+        """Dense MACs per input, from the output's shape (first forward pass)."""
+        w = self.layer.weight
+        positions = 1 if isinstance(self.layer, nn.Linear) else int(y.shape[-2] * y.shape[-1])
+        self.macs.fill_(int(w.numel()) * positions)
+        self._macs_known = True

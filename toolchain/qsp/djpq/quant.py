@@ -90,14 +90,39 @@ class LearnedQuantizer(nn.Module):
         if not 0.0 < init_quantile <= 1.0:
             raise ValueError(f"init_quantile={init_quantile!r} must be in (0, 1]")
         self.init_quantile = float(init_quantile)
-        self.log_d = nn.Parameter(torch.tensor(math.log(2.0 ** -7)))
-        self.log_qmax = nn.Parameter(torch.tensor(0.0))
+        # parameters are stored divided by `param_scale` (an lr multiplier for optimizers
+        # that give every parameter the same learning rate; see set_param_scale)
+        self.raw_log_d = nn.Parameter(torch.tensor(math.log(2.0 ** -7)))
+        self.raw_log_qmax = nn.Parameter(torch.tensor(0.0))
+        self.register_buffer("param_scale", torch.ones(()))
         self.register_buffer("_signed", torch.tensor(-1 if signed is None else int(bool(signed)), dtype=torch.int8))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     def extra_repr(self):
         s = {-1: "auto", 0: False, 1: True}[int(self._signed)]
         return f"signed={s}, init_bits={self.init_bits}, bits=[{self.min_bits},{self.max_bits}], pow2={self.pow2}"
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def log_d(self) -> torch.Tensor:
+        """Natural log of the step ``d``."""
+        return self.raw_log_d * self.param_scale
+
+    @property
+    def log_qmax(self) -> torch.Tensor:
+        """Natural log of the range ``q_max``."""
+        return self.raw_log_qmax * self.param_scale
+
+    @torch.no_grad()
+    def set_param_scale(self, scale: float) -> None:
+        """Store the parameters as ``value / scale`` (values unchanged): with Adam the
+        values then move ``scale`` times faster than the optimizer's learning rate."""
+        if not scale > 0:
+            raise ValueError(f"scale={scale!r} must be > 0")
+        ld, lq = self.log_d.detach().clone(), self.log_qmax.detach().clone()
+        self.param_scale.fill_(float(scale))
+        self.raw_log_d.copy_(ld / scale)
+        self.raw_log_qmax.copy_(lq / scale)
 
     # ------------------------------------------------------------------ init
     @property
@@ -122,8 +147,8 @@ class LearnedQuantizer(nn.Module):
         levels = 2 ** (self.init_bits - 1) - 1 if self.signed else 2 ** self.init_bits - 1
         d = 2.0 ** math.ceil(math.log2(q / max(levels, 1)))  # the data's range fits init_bits
         q = max(q, d)
-        self.log_d.fill_(math.log(d))
-        self.log_qmax.fill_(math.log(q))
+        self.raw_log_d.fill_(math.log(d) / float(self.param_scale))
+        self.raw_log_qmax.fill_(math.log(q) / float(self.param_scale))
         self.initialized.fill_(True)
 
     # ------------------------------------------------------------------ bits and formats
@@ -172,7 +197,7 @@ class LearnedQuantizer(nn.Module):
             self.init_from(x)
         fmt = self.format()
         exact = fp.quantize_torch(x, fmt.bits, fmt.frac, fmt.signed, fmt.rounding)
-        if not torch.is_grad_enabled() or not (x.requires_grad or self.log_d.requires_grad):
+        if not torch.is_grad_enabled() or not (x.requires_grad or self.raw_log_d.requires_grad):
             return exact
         # surrogate with Uhlich's gradients (see the module docstring)
         l2 = self.log2_step()
