@@ -62,6 +62,8 @@ class TrainConfig:
     device: str = _f("cpu", "cpu or cuda")
     seed: int = _f(0, "random seed (model init, data split, shuffling): same seed, same result")
     train_limit: int | None = _f(None, "use only the first N training samples (quick trials)")
+    test_limit: int | None = _f(None, "use only the first N validation and test samples (quick trials; the "
+                                "reported metrics are then on that subset)")
     val_fraction: float = _f(0.1, "fraction of the training set held out for per-epoch validation")
     # ---------------------------------------------------------------- quantization / pruning plan
     weight_bits: int = _f(8, "bits of every weight")
@@ -83,6 +85,8 @@ class TrainConfig:
     per_channel: bool = _f(False, "one fraction-bit count per output channel of each weight")
     dense: list = _f(["first", "last"], "weight layers left unpruned (still quantized): first, last, or "
                      "fnmatch patterns of layer names")
+    djpq: dict = _f({}, "settings of --method djpq (qsp.djpq.DJPQConfig keys, e.g. '{bops_target: 0.02, "
+                    "pow2: true}' or '{lambda_bops: 2.0}'); other methods ignore it")
     # ---------------------------------------------------------------- output
     out: str | None = _f(None, "run directory (default: runs/<task>-<timestamp>, with runs/latest pointing at it)")
     resume: bool = _f(False, "continue the run in `out` (default: runs/latest) from its last checkpoint")
@@ -154,7 +158,7 @@ class TrainConfig:
         if self.order == "auto":
             raise ConfigError("order: 'auto' (train both orders and keep the better one) is not implemented yet; "
                               f"use one of {ORDERS}")
-        for k in ("epochs", "batch_size", "max_steps", "train_limit"):
+        for k in ("epochs", "batch_size", "max_steps", "train_limit", "test_limit"):
             v = getattr(self, k)
             if v is not None and v < 1:
                 raise ConfigError(f"{k}: {v!r} must be >= 1")

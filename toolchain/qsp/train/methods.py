@@ -139,3 +139,7 @@ def qsparse_status(model: nn.Module) -> dict:
             q_on += int(m.is_on)
     return {"weight_sparsity": wz / wn if wn else 0.0, "act_sparsity": az / an if an else 0.0,
             "quant_on": bool(q_all) and q_on == q_all}
+
+
+# methods that live in their own packages register themselves on import
+from ..djpq import method as _djpq_method  # noqa: E402,F401
