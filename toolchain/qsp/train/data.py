@@ -86,6 +86,11 @@ def load_task(cfg) -> tuple[TaskSpec, DataSplits]:
     data = spec.loader(cfg)
     if cfg.train_limit is not None and cfg.train_limit < len(data.x_train):
         data.x_train, data.y_train = data.x_train[:cfg.train_limit], data.y_train[:cfg.train_limit]
+    if cfg.test_limit is not None:
+        n = cfg.test_limit
+        data.x_val, data.y_val, data.x_test, data.y_test = data.x_val[:n], data.y_val[:n], data.x_test[:n], data.y_test[:n]
+        data.val_groups = None if data.val_groups is None else data.val_groups[:n]
+        data.test_groups = None if data.test_groups is None else data.test_groups[:n]
     return spec, data
 
 
