@@ -169,8 +169,9 @@ def _ste_function():
         @staticmethod
         def forward(ctx, x, scale, lo, hi, mode):
             k = _round_inplace(torch.mul(x, scale), mode)
-            ctx.save_for_backward((k >= lo) & (k <= hi))
-            return k.clamp_(lo, hi).div_(scale)
+            q = torch.clamp(k, lo, hi)
+            ctx.save_for_backward(q == k)  # not saturated
+            return q.div_(scale)
 
         @staticmethod
         def backward(ctx, g):
