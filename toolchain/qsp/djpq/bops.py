@@ -123,7 +123,7 @@ class DJPQObjective:
         loss = self.cfg.kl_weight * kl + self.controller.lam * ratio
         self.last = {"bops_ratio": _f(ratio), "kl": _f(kl), "lambda_bops": self.controller.lam}
         if update:
-            self.controller.update(float(ratio))
+            self.controller.update(_f(ratio))
         return loss
 
 
