@@ -1,0 +1,184 @@
+"""qsp-compile's pipeline: bundle -> transforms -> precision plan -> deploy model ->
+hls4ml project -> compile + standalone csim -> three-way verification."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..bundle.io import Bundle
+from ..errors import BundleError, VerificationError
+from . import csim, transforms
+from .hls4ml_project import CompileOptions, choose_strategies, clean_dir, convert, hls_config, yaml_config
+from .precision import PrecisionPlan, derive
+from .verify import VerifyReport, compare, layer_report, task_metric, to_hls_layout
+
+PROJECT_DIR = "hls4ml_prj"
+ACCEL_DIR = "accelerator_prj"
+
+
+@dataclass
+class CompileResult:
+    out: Path
+    plan: PrecisionPlan
+    report: VerifyReport | None
+    timings: dict = field(default_factory=dict)
+    transforms: list[str] = field(default_factory=list)
+    project: Path | None = None
+    accelerator_project: Path | None = None
+    hls_model: object = None
+
+
+def _load(bundle) -> Bundle:
+    b = bundle if isinstance(bundle, Bundle) else Bundle.read(bundle)
+    if b.test_x is None or len(b.test_x) == 0:
+        raise BundleError(f"bundle {b.path}: test_data.npz has no inputs 'x' to verify with")
+    return b
+
+
+def prepare(bundle, steps=transforms.DEFAULT_STEPS):
+    """Read + transform + derive precisions (what --dry-run prints)."""
+    b = _load(bundle)
+    tx, log = transforms.run(b, steps)
+    return b, tx, log, derive(tx)
+
+
+def compile_bundle(bundle, out, opts: CompileOptions | None = None, steps=transforms.DEFAULT_STEPS,
+                   accelerator_board: str | None = None, verify: bool = True, max_inputs: int | None = None,
+                   result_overrides: dict[str, str] | None = None, progress=None) -> CompileResult:
+    """Compile a bundle into ``out`` and verify it; raises VerificationError on a mismatch
+    (after writing ``out/verify.json`` with the per-layer report).
+
+    ``result_overrides`` ({layer: ap type}) replaces derived result types: a fault
+    injection for tests, never used by the CLI."""
+    from ..verify.emulate import emulate
+
+    opts = opts or CompileOptions()
+    say = progress or (lambda m: None)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t: dict[str, float] = {}
+    t0 = time.perf_counter()
+    b, tx, log, plan = prepare(bundle, steps)
+    for line in log:
+        say(line)
+    from .deploy import build_deploy_model
+
+    model = build_deploy_model(tx, plan)
+    x = np.asarray(b.test_x if max_inputs is None else b.test_x[:max_inputs], np.float32)
+    y = None if b.test_y is None else (b.test_y if max_inputs is None else b.test_y[:max_inputs])
+    t["prepare_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ref = emulate(b, x)
+    t["emulate_s"] = time.perf_counter() - t0
+    if not np.array_equal(emulate(tx, x), ref):
+        raise VerificationError(f"the graph transformations {list(steps)} changed the outputs (a qsp bug); "
+                                "rerun with --no-transforms")
+
+    # ---- the hls4ml project
+    t0 = time.perf_counter()
+    strategies = choose_strategies(tx, plan, opts)
+    cfg = hls_config(model, tx, plan, opts, strategies)
+    for name, typ in (result_overrides or {}).items():
+        cfg["LayerName"][name]["Precision"]["result"] = typ
+    import yaml
+
+    (out / "hls4ml_config.yaml").write_text(yaml.safe_dump(yaml_config(cfg, opts, plan.input_shape), sort_keys=False))
+    (out / "precision.txt").write_text(plan.table() + "\n")
+    tb_dir = out / "tb_src"
+    tb_in = csim.write_dat(tb_dir / "tb_input_features.dat", x.reshape((len(x),) + tuple(plan.input_shape)),
+                           np.float32)
+    tb_out = csim.write_dat(tb_dir / "tb_output_predictions.dat", to_hls_layout(ref))
+    project = clean_dir(out / PROJECT_DIR)
+    say("converting with hls4ml's PyTorch frontend ...")
+    hm = convert(model, tx, cfg, opts, project, tb_input=tb_in, tb_output=tb_out)
+    t["convert_s"] = time.perf_counter() - t0
+    res = CompileResult(out, plan, None, t, log, project, hls_model=hm)
+
+    accel = accelerator_board
+    if accel:
+        t0 = time.perf_counter()
+        say(f"writing the VivadoAccelerator project for {accel} ...")
+        res.accelerator_project = clean_dir(out / ACCEL_DIR)
+        convert(model, tx, cfg, opts, res.accelerator_project, backend="VivadoAccelerator", board=accel)
+        t["accelerator_s"] = time.perf_counter() - t0
+    if not verify:
+        return res
+
+    # ---- build: hls4ml's shared library and the standalone testbench, side by side
+    t0 = time.perf_counter()
+    say("building: hls4ml compile() and the standalone g++ testbench (in parallel) ...")
+    tb_proc = csim.start_build(project, opts.project_name)
+    build_library(hm)
+    t["hls4ml_compile_s"] = time.perf_counter() - t0
+    csim.finish_build(tb_proc, project)
+    t["build_s"] = time.perf_counter() - t0
+    say(f"built in {t['build_s']:.1f} s")
+
+    t0 = time.perf_counter()
+    xin = x.reshape(len(x), -1).astype(np.float64)
+    pred = np.asarray(hm.predict(xin), np.float64).reshape(len(x), -1)
+    t["predict_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    n_out = int(np.prod(ref.shape[1:]))
+    say(f"running the standalone csim over {len(x)} inputs ...")
+    tb = csim.run(project, n_out, say)
+    t["csim_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    onnx_out, onnx_note = None, ""
+    try:
+        from ..export.onnx import run_onnx, write_onnx
+
+        onnx_path = write_onnx(b, out / "model.onnx")
+        onnx_out = run_onnx(onnx_path, x)
+    except ImportError as e:  # the export module is optional at this stage
+        onnx_note = f"not run: {e}"
+    t["onnx_s"] = time.perf_counter() - t0
+
+    rep = VerifyReport(len(x), transforms=log)
+    rep.paths = [compare("onnxruntime", ref, onnx_out, onnx_note), compare("hls4ml_predict", ref, pred),
+                 compare("csim_testbench", ref, tb)]
+    rep.metric = task_metric(b.qspec.task, tb, ref.shape, y)
+    if b.qspec.task.metric == "accuracy" and y is not None:
+        rep.metric["reference"] = float(np.mean(ref.reshape(len(ref), -1).argmax(1) == np.asarray(y).reshape(-1)))
+    res.report = rep
+    if rep.mismatches:
+        say("outputs differ: tracing every layer to find the first diverging one ...")
+        t0 = time.perf_counter()
+        _trace_report(rep, model, tx, plan, cfg, opts, out, x)
+        t["trace_s"] = time.perf_counter() - t0
+    (out / "verify.json").write_text(json.dumps({**rep.to_dict(), "timings_s": t}, indent=1))
+    from .verify import check
+
+    check(rep)
+    return res
+
+
+def build_library(hm) -> None:
+    """hls4ml's compile() without its second write() of the project (convert() has written
+    it; rewriting it would race with the testbench build reading the same files)."""
+    if hasattr(hm, "_compile"):
+        hm._compile()
+    else:  # another hls4ml version
+        hm.compile()
+
+
+def _trace_report(rep: VerifyReport, model, tx, plan, cfg, opts, out: Path, x) -> None:
+    from ..verify.emulate import emulate
+
+    import copy
+
+    tcfg = copy.deepcopy(cfg)
+    for name in tcfg["LayerName"]:
+        tcfg["LayerName"][name]["Trace"] = True
+    d = clean_dir(out / (PROJECT_DIR + "_trace"))
+    hm = convert(model, tx, tcfg, opts, d)
+    hm.compile()
+    _, trace = hm.trace(x.reshape(len(x), -1).astype(np.float64))
+    emu = emulate(tx, x, trace=True)
+    rep.layers, rep.first_diverging_layer = layer_report(plan, trace, emu)
