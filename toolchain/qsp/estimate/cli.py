@@ -1,0 +1,74 @@
+"""``qsp-estimate BUNDLE --board all|NAME [--out DIR]``: verdict per board, or the detail for
+one board next to the float32 dense baseline; writes DIR/estimate.json and DIR/report.html."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import QspError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qsp-estimate", description=__doc__)
+    p.add_argument("bundle", help="bundle directory (or a run directory holding bundle/)")
+    p.add_argument("--board", default="all", help="'all' (default) or a board name/alias/file (e.g. pynq-z2)")
+    p.add_argument("--out", default=None, help="write estimate.json and report.html here")
+    p.add_argument("--project", default=None, help="compiled hls4ml project: take its per-layer strategies")
+    p.add_argument("--boards-dir", action="append", default=[], help="extra directory of board files")
+    p.add_argument("--runs", default=None, help="folder of runs for the report's accuracy-vs-footprint plot")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from .core import estimate, strategies_from_project, summary_for_board
+
+        strategies = strategies_from_project(args.project) if args.project else None
+        boards = "all" if args.board == "all" else [args.board]
+        est = estimate(args.bundle, boards, strategies, board_dirs=args.boards_dir)
+        t = est.totals
+        if args.board == "all":
+            print(f"{'board':<12} {'verdict':<27} binding resource")
+            for be in est.boards:
+                print(be.line())
+            print(f"footprint {t.footprint_bits:,} bits (float32 dense {t.float_footprint_bits:,}); "
+                  f"BOPs {t.bops:,} (float32 dense {t.bops_float:,})")
+        else:
+            print(summary_for_board(est, est.boards[0].board))
+        if args.out:
+            from ..report import write_report
+
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "estimate.json").write_text(json.dumps(est.to_dict(), indent=1, default=_json_default))
+            runs = Path(args.runs) if args.runs else _runs_folder(Path(args.bundle))
+            write_report(est, out / "report.html", runs_dir=runs)
+            print(f"wrote {out / 'estimate.json'} and {out / 'report.html'}")
+        return 0
+    except QspError as e:
+        print(f"qsp-estimate: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _runs_folder(bundle: Path) -> Path | None:
+    """The folder above the run of this bundle (``runs/<run>/bundle``), if it looks like one."""
+    b = bundle.resolve()
+    run = b.parent if b.name == "bundle" else b
+    return run.parent if run.parent.is_dir() else None
+
+
+def _json_default(o):
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, float):
+        return o
+    return str(o)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

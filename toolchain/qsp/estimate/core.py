@@ -1,0 +1,443 @@
+"""The estimate of a bundle: per layer and total counts, storage, MACs/BOPs, resources per
+strategy, latency, energy, and a fit verdict for every board.
+
+``estimate(bundle, boards, strategies)`` is the entry point; ``summary_for_board`` is the
+short text the compiler prints.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from ..boards import Board, all_boards, get_board
+from ..bundle.footprint import float_footprint, footprint
+from ..fixedpoint import ceil_log2
+from . import energy as E
+from .counts import FLOAT_BITS, GraphCounts, NodeCounts, count_graph
+from .resources import (STRATEGIES, LayerStrategy, Resources, dsps_per_multiply, layer_resources, uses_dsp,
+                        valid_reuse_factors)
+
+#: weight sparsity from which a Dense layer gets resource_unrolled by default (as qsp-compile's auto)
+SPARSE_RU = 0.5
+RESOURCE_KEYS = ("LUT", "FF", "DSP", "BRAM18")
+#: among alternative plans that fit, prefer those that leave this much room for routing
+ROUTABLE = 0.8
+
+
+# ----------------------------------------------------------------------------- storage
+@dataclass
+class Storage:
+    """Bits of a tensor stored dense and in the cheapest sparse encoding (with its overhead)."""
+
+    dense_bits: int
+    sparse_bits: int
+    encoding: str  # "dense" | "bitmask" | "csr" | "static-mask"
+    overhead_bits: int  # index / mask bits included in sparse_bits
+
+
+def weight_storage(n: NodeCounts) -> Storage:
+    w = n.weight
+    dense = w.weights * w.weight_bits
+    bitmask = w.weights + w.nonzeros * w.weight_bits
+    rows = w.n_out
+    csr_over = w.nonzeros * w.sparse_index_bits + (rows + 1) * ceil_log2(w.nonzeros + 1)
+    csr = w.nonzeros * w.weight_bits + csr_over
+    best = min((dense, "dense", 0), (bitmask, "bitmask", w.weights), (csr, "csr", csr_over))
+    return Storage(dense, best[0], best[1], best[2])
+
+
+def activation_storage(n: NodeCounts) -> Storage:
+    b = n.out_format.bits
+    dense = n.out_elements * b
+    if n.out_nonzero == n.out_elements:
+        return Storage(dense, dense, "dense", 0)
+    sparse = n.out_nonzero * b + n.out_elements  # the static 0/1 mask, one bit per element
+    return (Storage(dense, sparse, "static-mask", n.out_elements) if sparse < dense
+            else Storage(dense, dense, "dense", 0))
+
+
+# ----------------------------------------------------------------------------- per layer
+@dataclass
+class LayerEstimate:
+    name: str
+    op: str
+    out_shape: list[int]
+    out_bits: int
+    out_elements: int
+    out_nonzero: int
+    quant_point: bool
+    in_elements: int = 0
+    params: int = 0
+    weights: int = 0
+    nonzeros: int = 0
+    biases: int = 0
+    weight_bits: int = 0
+    bias_bits: int = 0
+    in_bits: int = 0
+    acc_bits: int = 0
+    in_nonzero: int = 0
+    macs_dense: int = 0
+    macs: int = 0
+    bops: int = 0
+    bops_dense: int = 0
+    bops_float: int = 0
+    weight_storage: Storage | None = None
+    activation_storage: Storage | None = None
+
+    @property
+    def weight_sparsity(self) -> float:
+        return 1.0 - self.nonzeros / self.weights if self.weights else 0.0
+
+    @property
+    def activation_sparsity(self) -> float:
+        return 1.0 - self.out_nonzero / self.out_elements if self.out_elements else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(weight_sparsity=self.weight_sparsity, activation_sparsity=self.activation_sparsity)
+        return d
+
+
+def _layer(n: NodeCounts) -> LayerEstimate:
+    le = LayerEstimate(n.name, n.op, n.out_shape, n.out_format.bits, n.out_elements, n.out_nonzero, n.quant_point,
+                       in_elements=math.prod(n.in_shape), in_nonzero=n.in_nonzero)
+    if n.quant_point:
+        le.activation_storage = activation_storage(n)
+    w = n.weight
+    if w is not None:
+        le.params, le.weights, le.nonzeros, le.biases = w.weights + w.biases, w.weights, w.nonzeros, w.biases
+        le.weight_bits, le.bias_bits, le.in_bits, le.acc_bits = w.weight_bits, w.bias_bits, w.in_format.bits, w.acc_format.bits
+        le.macs_dense, le.macs, le.bops, le.bops_dense, le.bops_float = w.macs_dense, w.macs, w.bops, w.bops_dense, w.bops_float
+        le.weight_storage = weight_storage(n)
+    return le
+
+
+# ----------------------------------------------------------------------------- per board
+@dataclass
+class Plan:
+    """Strategies for every weight layer, and the resources they give on one board."""
+
+    label: str
+    strategies: dict[str, LayerStrategy]
+    layers: dict[str, Resources]
+    total: Resources
+
+    def utilization(self, board: Board) -> dict[str, float]:
+        u = self.total.usage()
+        budget = {"LUT": board.lut, "FF": board.ff, "DSP": board.dsp, "BRAM18": board.bram18k}
+        return {k: (u[k] / budget[k] if budget[k] else (math.inf if u[k] else 0.0)) for k in RESOURCE_KEYS}
+
+    def to_dict(self, board: Board) -> dict:
+        return {"label": self.label,
+                "strategies": {k: {"strategy": s.strategy, "reuse_factor": s.reuse_factor, "why": s.why}
+                               for k, s in self.strategies.items()},
+                "total": self.total.to_dict(), "utilization": self.utilization(board),
+                "layers": {k: r.to_dict() for k, r in self.layers.items()}}
+
+
+@dataclass
+class BoardEstimate:
+    board: Board
+    verdict: str  # "fits" | "fits with another strategy" | "does not fit"
+    binding: str  # the resource with the highest utilization in the plan shown
+    plan: Plan  # the given/default plan
+    alternative: Plan | None  # the plan that fits when the given one does not (or the least bad)
+    energy: E.Energy
+    energy_float: E.Energy
+
+    @property
+    def shown(self) -> Plan:
+        return self.alternative if self.alternative is not None else self.plan
+
+    @property
+    def latency_us(self) -> float:
+        return self.shown.total.latency_cycles / self.board.clock_mhz
+
+    @property
+    def ii_us(self) -> float:
+        return self.shown.total.ii_cycles / self.board.clock_mhz
+
+    def line(self) -> str:
+        u = self.shown.utilization(self.board)
+        alt = f" [{self.alternative.label}]" if self.alternative is not None else ""
+        return (f"{self.board.name:<12} {self.verdict:<27} binding {self.binding:<6} "
+                f"{100 * u[self.binding]:7.1f} %{alt}")
+
+    def to_dict(self) -> dict:
+        return {"board": self.board.name, "part": self.board.part, "clock_mhz": self.board.clock_mhz,
+                "verdict": self.verdict, "binding": self.binding,
+                "utilization": self.shown.utilization(self.board),
+                "budget": {"LUT": self.board.lut, "FF": self.board.ff, "DSP": self.board.dsp,
+                           "BRAM18": self.board.bram18k},
+                "latency_cycles": self.shown.total.latency_cycles, "ii_cycles": self.shown.total.ii_cycles,
+                "latency_us": self.latency_us, "ii_us": self.ii_us,
+                "plan": self.plan.to_dict(self.board),
+                "alternative": None if self.alternative is None else self.alternative.to_dict(self.board),
+                "energy_pj": self.energy.to_dict(), "energy_float32_pj": self.energy_float.to_dict()}
+
+
+def _as_strategy(s) -> LayerStrategy:
+    if isinstance(s, LayerStrategy):
+        return s
+    if isinstance(s, str):
+        return LayerStrategy(s, 1)
+    if isinstance(s, Mapping):
+        return LayerStrategy(s.get("strategy", s.get("Strategy", "Latency")),
+                             int(s.get("reuse_factor", s.get("ReuseFactor", 1))), str(s.get("why", "")))
+    if isinstance(s, (tuple, list)):
+        return LayerStrategy(str(s[0]), int(s[1]) if len(s) > 1 else 1)
+    return LayerStrategy(getattr(s, "strategy"), int(getattr(s, "reuse_factor", 1)), str(getattr(s, "why", "")))
+
+
+def _fan(n: NodeCounts) -> tuple[int, int]:
+    return n.weight.fan_in, n.weight.n_out
+
+
+def _smallest_reuse(n: NodeCounts, at_least: int) -> int:
+    rfs = valid_reuse_factors(*_fan(n))
+    return next((r for r in rfs if r >= at_least), rfs[-1])
+
+
+def default_strategies(counts: GraphCounts, board: Board | None) -> dict[str, LayerStrategy]:
+    """What ``qsp-compile --strategy auto`` picks without da4ml: resource_unrolled for a Dense
+    layer with >= 50 % of its weights pruned; Resource with the smallest reuse factor that
+    brings the layer's multipliers under the board's DSPs when they exceed it; else Latency."""
+    out = {}
+    for n in counts.weight_nodes():
+        w = n.weight
+        if n.op == "linear" and w.sparsity >= SPARSE_RU:
+            out[n.name] = LayerStrategy("resource_unrolled", _smallest_reuse(n, 2), f"{w.sparsity:.0%} pruned")
+        elif board is not None and w.nonzeros > board.dsp and uses_dsp(w.weight_bits, w.in_format.bits):
+            rf = _smallest_reuse(n, -(-w.nonzeros // board.dsp))
+            out[n.name] = LayerStrategy("Resource", rf, f"{w.nonzeros} multipliers > {board.dsp} DSPs")
+        else:
+            out[n.name] = LayerStrategy("Latency", 1, "fully parallel")
+    return out
+
+
+def make_plan(counts: GraphCounts, board: Board, strategies: Mapping, label: str) -> Plan:
+    layers = {}
+    total = Resources(latency_cycles=0, ii_cycles=1)
+    for n in counts.nodes:
+        st = strategies.get(n.name) if n.weight is not None else None
+        if n.weight is not None and st is None:
+            st = LayerStrategy()
+        r = layer_resources(n, st, board.dsp_mult_width)
+        layers[n.name] = r
+        total = total + r
+    return Plan(label, {k: _as_strategy(v) for k, v in strategies.items()}, layers, total)
+
+
+def candidate_plans(counts: GraphCounts, board: Board) -> list[tuple[str, dict]]:
+    """Uniform alternatives: all Latency, all distributed arithmetic, and Resource /
+    resource_unrolled (Dense; Conv falls back to Resource) at growing reuse factors."""
+    wn = counts.weight_nodes()
+    plans = [("Latency", {n.name: LayerStrategy("Latency", 1) for n in wn}),
+             ("distributed_arithmetic (needs hls4ml[da])",
+              {n.name: LayerStrategy("distributed_arithmetic", 1) for n in wn})]
+    biggest = max((n.weight.fan_in * n.weight.n_out for n in wn), default=1)
+    target = 2
+    while True:
+        for strat in ("resource_unrolled", "Resource"):
+            p = {}
+            for n in wn:
+                s = strat if (strat == "Resource" or n.op == "linear") else "Resource"
+                p[n.name] = LayerStrategy(s, _smallest_reuse(n, target))
+            plans.append((f"{strat} reuse<={target}", p))
+        if target >= biggest:
+            break
+        target *= 2
+    return plans
+
+
+def _binding(plan: Plan, board: Board) -> str:
+    u = plan.utilization(board)
+    return max(RESOURCE_KEYS, key=lambda k: u[k])
+
+
+def _max_util(plan: Plan, board: Board) -> float:
+    return max(plan.utilization(board).values())
+
+
+def _energy(layers: list[LayerEstimate], board: Board) -> tuple[E.Energy, E.Energy]:
+    onchip = board.onchip_bits
+    w_bits = sum(le.weight_storage.sparse_bits for le in layers if le.weight_storage)
+    w_dense32 = sum(le.weights * FLOAT_BITS for le in layers if le.weight_storage)
+    dram = w_bits > onchip
+    dram32 = w_dense32 > onchip
+    compute = sum(le.macs * (E.e_mult(le.weight_bits, le.in_bits) + E.e_add(le.acc_bits)) for le in layers)
+    compute32 = sum(le.macs_dense * (E.E_FMUL_32 + E.E_FADD_32) for le in layers)
+    wmem = E.memory_energy(w_bits, w_bits / 8, dram)
+    wmem32 = E.memory_energy(w_dense32, w_dense32 / 8, dram32)
+    points = [le for le in layers if le.activation_storage]
+    biggest = max((le.out_nonzero * le.out_bits for le in points), default=0)
+    biggest32 = max((le.out_elements * FLOAT_BITS for le in points), default=0)
+    act = sum(E.memory_energy(2 * le.out_nonzero * le.out_bits, biggest / 8, False) for le in points)
+    act32 = sum(E.memory_energy(2 * le.out_elements * FLOAT_BITS, biggest32 / 8, False) for le in points)
+    return E.Energy(compute, wmem, act, dram), E.Energy(compute32, wmem32, act32, dram32)
+
+
+def estimate_board(counts: GraphCounts, layers: list[LayerEstimate], board: Board, strategies=None) -> BoardEstimate:
+    given = strategies is not None
+    strat = ({k: _as_strategy(v) for k, v in strategies.items()} if given else default_strategies(counts, board))
+    plan = make_plan(counts, board, strat, "given" if given else "default (qsp-compile auto)")
+    e, e32 = _energy(layers, board)
+    if _max_util(plan, board) <= 1.0:
+        return BoardEstimate(board, "fits", _binding(plan, board), plan, None, e, e32)
+    alts = [make_plan(counts, board, s, label) for label, s in candidate_plans(counts, board)]
+    fitting = [p for p in alts if _max_util(p, board) <= 1.0]
+    if fitting:
+        roomy = [p for p in fitting if _max_util(p, board) <= ROUTABLE] or fitting
+        best = min(roomy, key=lambda p: (p.total.ii_cycles, p.total.latency_cycles, _max_util(p, board)))
+        return BoardEstimate(board, "fits with another strategy", _binding(best, board), plan, best, e, e32)
+    least = min(alts + [plan], key=lambda p: _max_util(p, board))
+    return BoardEstimate(board, "does not fit", _binding(least, board), plan, None if least is plan else least, e, e32)
+
+
+# ----------------------------------------------------------------------------- the estimate
+@dataclass
+class Totals:
+    params: int
+    weights: int
+    nonzeros: int
+    macs_dense: int
+    macs: int
+    bops: int
+    bops_dense: int
+    bops_float: int
+    weight_bits_dense: int
+    weight_bits_sparse: int
+    bias_bits: int
+    activation_bits_dense: int
+    activation_bits_sparse: int
+    footprint_bits: int  # the paper's footprint (qsp.bundle.footprint)
+    footprint_weight_bits: int
+    footprint_activation_bits: int
+    float_footprint_bits: int
+
+
+@dataclass
+class Estimate:
+    layers: list[LayerEstimate]
+    totals: Totals
+    boards: list[BoardEstimate] = field(default_factory=list)
+    bundle_path: str | None = None
+    task: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    def board(self, name: str) -> BoardEstimate:
+        b = get_board(name) if not isinstance(name, Board) else name
+        for be in self.boards:
+            if be.board.name == b.name:
+                return be
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        return {"bundle": self.bundle_path, "task": self.task, "metrics": self.metrics,
+                "totals": asdict(self.totals), "layers": [le.to_dict() for le in self.layers],
+                "boards": [b.to_dict() for b in self.boards],
+                "models": {"energy": E.SOURCE, "resources": "analytic model, docs/estimate.md"}}
+
+
+def estimate(bundle, boards: Iterable | str | None = "all", strategies: Mapping | None = None,
+             board_dirs=None) -> Estimate:
+    """Estimate ``bundle`` (a :class:`~qsp.bundle.Bundle` or a path) for ``boards`` ("all",
+    names, :class:`Board` objects or None). ``strategies`` maps weight-layer names to the
+    compiler's chosen strategy (objects with ``strategy``/``reuse_factor``, dicts, tuples or
+    names); without it the compiler's default choice is modelled per board."""
+    from ..bundle import Bundle
+
+    if not isinstance(bundle, Bundle):
+        bundle = Bundle.read(bundle)
+    counts = count_graph(bundle)
+    layers = [_layer(n) for n in counts.nodes]
+    fp, ffp = footprint(bundle), float_footprint(bundle)
+    wl = [le for le in layers if le.weight_storage]
+    al = [le for le in layers if le.activation_storage]
+    totals = Totals(
+        params=sum(le.params for le in wl), weights=sum(le.weights for le in wl), nonzeros=sum(le.nonzeros for le in wl),
+        macs_dense=sum(le.macs_dense for le in wl), macs=sum(le.macs for le in wl), bops=sum(le.bops for le in wl),
+        bops_dense=sum(le.bops_dense for le in wl), bops_float=sum(le.bops_float for le in wl),
+        weight_bits_dense=sum(le.weight_storage.dense_bits for le in wl),
+        weight_bits_sparse=sum(le.weight_storage.sparse_bits for le in wl),
+        bias_bits=sum(le.biases * le.bias_bits for le in wl),
+        activation_bits_dense=sum(le.activation_storage.dense_bits for le in al),
+        activation_bits_sparse=sum(le.activation_storage.sparse_bits for le in al),
+        footprint_bits=fp.total_bits, footprint_weight_bits=fp.weight_bits,
+        footprint_activation_bits=fp.activation_bits, float_footprint_bits=ffp.total_bits)
+    if boards is None:
+        blist = []
+    elif isinstance(boards, str):
+        blist = all_boards(board_dirs) if boards == "all" else [get_board(boards, board_dirs)]
+    else:
+        blist = [b if isinstance(b, Board) else get_board(b, board_dirs) for b in boards]
+    est = Estimate(layers, totals, [], str(bundle.path) if bundle.path else None,
+                   asdict(bundle.qspec.task), dict(bundle.qspec.metrics))
+    est.boards = [estimate_board(counts, layers, b, strategies) for b in blist]
+    return est
+
+
+def strategies_from_project(project_dir) -> dict[str, LayerStrategy]:
+    """Per-layer strategy and reuse factor of a compiled project (its hls4ml_config.yaml)."""
+    import yaml
+
+    from ..errors import ConfigError
+
+    p = Path(project_dir)
+    f = p if p.is_file() else next(iter(sorted(p.rglob("hls4ml_config.yaml"))), None)
+    if f is None:
+        raise ConfigError(f"--project {str(project_dir)!r}: no hls4ml_config.yaml found")
+    cfg = yaml.safe_load(Path(f).read_text()) or {}
+    hc = cfg.get("HLSConfig", cfg)
+    out = {}
+    for name, entry in (hc.get("LayerName") or {}).items():
+        if isinstance(entry, dict) and "Strategy" in entry:
+            out[name] = LayerStrategy(str(entry["Strategy"]), int(entry.get("ReuseFactor", 1)), "compiled project")
+    return out
+
+
+def _fmt_bits(b: float) -> str:
+    for unit, s in (("Mb", 1e6), ("kb", 1e3)):
+        if b >= s:
+            return f"{b / s:.3f} {unit}"
+    return f"{b:.0f} b"
+
+
+def _fmt_pj(p: float) -> str:
+    for unit, s in (("uJ", 1e6), ("nJ", 1e3)):
+        if p >= s:
+            return f"{p / s:.3f} {unit}"
+    return f"{p:.1f} pJ"
+
+
+def summary_for_board(bundle_or_estimate, board, strategies=None) -> str:
+    """A few lines for one board: verdict, resources, latency, footprint, BOPs, energy, each
+    next to the float32 dense baseline."""
+    est = bundle_or_estimate
+    if not isinstance(est, Estimate):
+        est = estimate(est, [board], strategies)
+    be = next((b for b in est.boards if b.board.name == get_board(board).name), None)
+    if be is None:
+        be = estimate_board(count_graph(_bundle_of(est)), est.layers, get_board(board), strategies)
+    t = est.totals
+    u = be.shown.utilization(be.board)
+    r = be.shown.total
+    lines = [f"board {be.board.name} ({be.board.part}, {be.board.clock_mhz:g} MHz): {be.verdict}; binding {be.binding}"
+             + (f" [{be.alternative.label}]" if be.alternative is not None else ""),
+             "  resources   " + "  ".join(f"{k} {v:,} ({100 * u[k]:.1f} %)" for k, v in r.usage().items()),
+             f"  latency     {r.latency_cycles} cycles = {be.latency_us:.3f} us, II {r.ii_cycles} cycles",
+             f"  {'':<12}{'qsp':>16}{'float32 dense':>18}{'ratio':>9}",
+             f"  {'footprint':<12}{_fmt_bits(t.footprint_bits):>16}{_fmt_bits(t.float_footprint_bits):>18}"
+             f"{t.float_footprint_bits / max(t.footprint_bits, 1):>8.1f}x",
+             f"  {'BOPs':<12}{t.bops:>16,}{t.bops_float:>18,}{t.bops_float / max(t.bops, 1):>8.1f}x",
+             f"  {'energy/inf':<12}{_fmt_pj(be.energy.total):>16}{_fmt_pj(be.energy_float.total):>18}"
+             f"{be.energy_float.total / max(be.energy.total, 1e-12):>8.1f}x"
+             + ("  (float32 weights from DRAM)" if be.energy_float.weights_in_dram else "")]
+    return "\n".join(lines)
+
+
+def _bundle_of(est: Estimate):
+    from ..bundle import Bundle
+    return Bundle.read(est.bundle_path)

@@ -1,0 +1,281 @@
+"""Analytic FPGA resource and latency model of an hls4ml io_parallel design, per layer and
+strategy. A documented model, not a synthesis result: see docs/estimate.md for the rules
+and benchmarks/estimate_calibration.py for how far off it is against published figures.
+
+Multipliers (``linear``/``conv2d``):
+
+* a product of ``b_w x b_a`` bits maps to DSP48 slices when ``b_w * b_a >= DSP_MIN_PRODUCT``
+  (10 x 10: narrower multiplies are built from LUTs by Vivado/Vitis HLS), using
+  ``ceil(wide/A) * ceil(narrow/B)`` slices for an ``A x B`` slice (25x18 DSP48E1, 27x18
+  DSP48E2); otherwise it costs LUTs:
+
+  - a multiply by a *constant* weight (Latency, fully unrolled; distributed arithmetic) is a
+    shift-add over the weight's canonical-signed-digit form: ``(csd - 1)`` adders of
+    ``b_a + ceil(b_w / 2)`` bits (the average shifted operand), 1 LUT per bit; a power-of-two
+    weight is free;
+  - a multiply whose weight is read from memory (Resource, resource_unrolled) is a generic
+    array multiplier: ``ceil(b_w * b_a / 2) + b_w + b_a`` LUTs;
+
+* number of multipliers per strategy (hls4ml 1.3.0):
+
+  - ``Latency``: one per *nonzero* weight of one kernel instance (zero constants are removed
+    by HLS; for Dense also those whose input is statically zero, e.g. masked), reuse factor 1;
+  - ``Resource`` (reuse factor R): ``ceil(n_in * n_out / R)``; zeros are kept (the weights
+    sit in ROM), weights in block RAM when the ROM is deep enough;
+  - ``resource_unrolled`` (R): ``ceil(nonzeros / R)`` (only nonzero weights are emitted);
+  - ``distributed_arithmetic``: no multipliers; shift-add adders of every nonzero weight's
+    CSD digits (an upper bound: da4ml's common-subexpression elimination shares adders).
+
+* accumulation: an adder tree per output (Latency/DA: one adder per nonzero product after
+  the first, plus the bias) of ``min(acc, b_w + b_a + 1)`` bits, since most adders of a tree
+  sit at its leaves; with reuse R > 1 one accumulator
+  register + adder per multiplier.
+* Conv2D in io_parallel computes one output pixel's kernel at a time: the multipliers
+  above are for one kernel instance and the layer's initiation interval is
+  ``pixels x R``.
+* FFs: every multiplier output and every output value is registered, plus the
+  accumulators for R > 1.
+* BRAM: only Resource/resource_unrolled weights: an array reshaped to ``R`` words of
+  ``ceil(W/R) * b_w`` bits; a ROM with at least ``BRAM_MIN_DEPTH`` words and
+  ``BRAM_MIN_BITS`` bits becomes ``ceil(width/36) * ceil(R/512)`` 18 Kb blocks, a smaller
+  one becomes LUT-ROM (one LUT per 64 bits per output bit).
+
+Other layers (all elements in parallel): ReLU ``ceil(b/2)`` LUTs per element, a mask
+nothing (masked elements are constant zeros), max-pooling ``(k-1)`` comparators of ``b``
+bits and a mux per output, average pooling ``(k-1)`` adders, a rounding/saturating quantize
+``b`` LUTs per element (a floor quantize with no saturation is wiring), flatten and pixel
+shuffle nothing.
+
+Latency: a Dense/Conv kernel costs ``R + mult_stages + ceil(log2(fan_in) / ADDS_PER_STAGE) + 1``
+cycles (DSP multiply 3 stages, LUT multiply 1, DA 0), other layers 1 cycle (mask/flatten
+0). The design is a pipeline: total latency is the sum, the initiation interval the
+largest layer II.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Callable
+
+from ..fixedpoint import ceil_log2
+from .counts import NodeCounts
+
+DSP_MIN_PRODUCT = 100  # b_w * b_a from which a multiply goes to a DSP (10 x 10)
+BRAM_MIN_DEPTH = 64
+BRAM_MIN_BITS = 1024
+ADDS_PER_STAGE = 3  # adder-tree levels per pipeline stage at ~100-200 MHz
+STRATEGIES = ("Latency", "Resource", "resource_unrolled", "distributed_arithmetic")
+
+
+@dataclass
+class LayerStrategy:
+    """A layer's hls4ml strategy (duck-compatible with the compiler's LayerStrategy)."""
+
+    strategy: str = "Latency"
+    reuse_factor: int = 1
+    why: str = ""
+
+
+@dataclass
+class Resources:
+    dsp: int = 0
+    lut: int = 0
+    ff: int = 0
+    bram18: int = 0
+    latency_cycles: int = 0
+    ii_cycles: int = 1
+    multipliers: int = 0
+    mult_kind: str = ""  # "DSP" | "LUT" | "shift-add" | ""
+
+    def __add__(self, o: "Resources") -> "Resources":
+        return Resources(self.dsp + o.dsp, self.lut + o.lut, self.ff + o.ff, self.bram18 + o.bram18,
+                         self.latency_cycles + o.latency_cycles, max(self.ii_cycles, o.ii_cycles),
+                         self.multipliers + o.multipliers, "")
+
+    def usage(self) -> dict[str, int]:
+        return {"LUT": self.lut, "FF": self.ff, "DSP": self.dsp, "BRAM18": self.bram18}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def valid_reuse_factors(n_in: int, n_out: int) -> list[int]:
+    """Reuse factors hls4ml 1.3.0 accepts for an ``n_in x n_out`` kernel: divisors R of
+    ``n_in * n_out`` with R dividing n_in (R <= n_in) or n_in dividing R."""
+    return list(_valid_reuse(int(n_in), int(n_out)))
+
+
+@lru_cache(maxsize=256)
+def _valid_reuse(n_in: int, n_out: int) -> tuple[int, ...]:
+    total = n_in * n_out
+    divs = set()
+    for d in range(1, math.isqrt(total) + 1):
+        if total % d == 0:
+            divs.update((d, total // d))
+    return tuple(r for r in sorted(divs) if (r <= n_in and n_in % r == 0) or (r >= n_in and r % n_in == 0))
+
+
+def dsps_per_multiply(b_w: int, b_a: int, dsp_width: tuple[int, int]) -> int:
+    a, b = dsp_width
+    wide, narrow = max(b_w, b_a), min(b_w, b_a)
+    return math.ceil(wide / a) * math.ceil(narrow / b)
+
+
+def uses_dsp(b_w: int, b_a: int) -> bool:
+    return b_w * b_a >= DSP_MIN_PRODUCT
+
+
+def lut_multiplier(b_w: int, b_a: int) -> int:
+    return math.ceil(b_w * b_a / 2) + b_w + b_a
+
+
+# ----------------------------------------------------------------------------- weight layers
+_WEIGHT_MODELS: dict[str, Callable] = {}
+
+
+def weight_model(name):
+    def deco(fn):
+        _WEIGHT_MODELS[name] = fn
+        return fn
+    return deco
+
+
+def _kernel_nonzeros(n: NodeCounts) -> int:
+    """Constant multiplies of one kernel instance: a Dense layer's nonzero weights that meet
+    a statically nonzero input (a masked input is a constant zero HLS propagates); a Conv
+    kernel is shared by all pixels, so all its nonzero weights."""
+    return n.weight.macs if n.op == "linear" else n.weight.nonzeros
+
+
+def _mults(n: NodeCounts, count: int, const: bool, dsp_width) -> tuple[int, int, str]:
+    """(DSPs, LUTs, kind) of ``count`` multipliers of this layer."""
+    w = n.weight
+    bw, ba = w.weight_bits, w.in_format.bits
+    if uses_dsp(bw, ba):
+        return count * dsps_per_multiply(bw, ba, dsp_width), 0, "DSP"
+    if const:
+        # shift-add per constant; average CSD digits over the layer's nonzero weights
+        avg_csd = w.csd_digits / max(w.nonzeros, 1)
+        return 0, math.ceil(count * max(avg_csd - 1, 0) * (ba + math.ceil(bw / 2))), "LUT"
+    return 0, count * lut_multiplier(bw, ba), "LUT"
+
+
+def _latency(n: NodeCounts, reuse: int, kind: str) -> tuple[int, int]:
+    w = n.weight
+    mult = {"DSP": 3, "LUT": 1}.get(kind, 0)
+    depth = reuse + mult + math.ceil(ceil_log2(max(w.max_row_nonzeros, 1) + 1) / ADDS_PER_STAGE) + 1
+    ii = reuse * w.positions
+    return depth + (w.positions - 1) * reuse, ii
+
+
+def _weight_rom(n: NodeCounts, reuse: int, count_weights: int) -> tuple[int, int]:
+    """(BRAM18, LUT) of a weight ROM of ``reuse`` words holding ``count_weights`` weights."""
+    bw = n.weight.weight_bits
+    width = math.ceil(count_weights / reuse) * bw
+    if reuse >= BRAM_MIN_DEPTH and width * reuse >= BRAM_MIN_BITS:
+        return math.ceil(width / 36) * math.ceil(reuse / 512), 0
+    return 0, width * math.ceil(reuse / 64)
+
+
+@weight_model("Latency")
+def _latency_model(n: NodeCounts, st: LayerStrategy, dsp_width) -> Resources:
+    w = n.weight
+    count = _kernel_nonzeros(n)
+    dsp, lut, kind = _mults(n, count, True, dsp_width)
+    acc = w.acc_format.bits
+    adders = max(count - w.n_out, 0) + (w.n_out if w.biases else 0)
+    lut += adders * min(acc, w.weight_bits + w.in_format.bits + 1)
+    ff = count * (w.weight_bits + w.in_format.bits) + w.n_out * acc
+    lat, ii = _latency(n, 1, kind)
+    return Resources(dsp, lut, ff, 0, lat, ii, count, kind)
+
+
+def _reused(n: NodeCounts, st: LayerStrategy, dsp_width, count_weights: int) -> Resources:
+    w = n.weight
+    r = max(int(st.reuse_factor), 1)
+    count = math.ceil(count_weights / r)
+    dsp, lut, kind = _mults(n, count, False, dsp_width)
+    acc = w.acc_format.bits
+    lut += count * acc + w.n_out * acc  # accumulators + final sum per output
+    bram, rom_lut = _weight_rom(n, r, count_weights)
+    lut += rom_lut
+    ff = count * (w.weight_bits + w.in_format.bits + acc) + w.n_out * acc
+    lat, ii = _latency(n, r, kind)
+    return Resources(dsp, lut, ff, bram, lat, ii, count, kind)
+
+
+@weight_model("Resource")
+def _resource_model(n, st, dsp_width) -> Resources:
+    return _reused(n, st, dsp_width, n.weight.weights)
+
+
+@weight_model("resource_unrolled")
+def _unrolled_model(n, st, dsp_width) -> Resources:
+    return _reused(n, st, dsp_width, n.weight.nonzeros)
+
+
+@weight_model("distributed_arithmetic")
+def _da_model(n: NodeCounts, st, dsp_width) -> Resources:
+    w = n.weight
+    digits = w.csd_digits * _kernel_nonzeros(n) / max(w.nonzeros, 1)
+    adders = max(round(digits) - w.n_out, 0) + (w.n_out if w.biases else 0)
+    width = w.in_format.bits + w.weight_bits
+    lut = adders * width
+    depth = math.ceil(ceil_log2(max(round(digits) // max(w.n_out, 1), 1) + 1) / ADDS_PER_STAGE) + 1
+    ff = w.n_out * w.acc_format.bits + math.ceil(adders * width / 2)
+    return Resources(0, lut, ff, 0, depth + w.positions - 1, w.positions, 0, "shift-add")
+
+
+# ----------------------------------------------------------------------------- other layers
+_OTHER_MODELS: dict[str, Callable] = {}
+
+
+def other_model(*ops):
+    def deco(fn):
+        for op in ops:
+            _OTHER_MODELS[op] = fn
+        return fn
+    return deco
+
+
+@other_model("relu")
+def _relu(n: NodeCounts) -> Resources:
+    b = n.out_format.bits
+    return Resources(0, n.out_nonzero * math.ceil(b / 2), n.out_nonzero * b, 0, 1, 1)
+
+
+@other_model("mask", "flatten", "pixel_shuffle")
+def _free(n: NodeCounts) -> Resources:
+    return Resources(0, 0, 0, 0, 0, 1)
+
+
+@other_model("quantize")
+def _quant(n: NodeCounts) -> Resources:
+    b = n.out_format.bits
+    return Resources(0, n.out_nonzero * b, n.out_nonzero * b, 0, 1, 1)
+
+
+@other_model("maxpool2d")
+def _maxpool(n: NodeCounts) -> Resources:
+    b = n.out_format.bits
+    per = (n.pool - 1) * 2 * b
+    return Resources(0, n.out_nonzero * per, n.out_nonzero * b, 0, 1 + ceil_log2(n.pool) // 2, 1)
+
+
+@other_model("avgpool2d")
+def _avgpool(n: NodeCounts) -> Resources:
+    b = n.out_format.bits
+    return Resources(0, n.out_nonzero * (n.pool - 1) * b, n.out_nonzero * b, 0, 1 + ceil_log2(n.pool) // 2, 1)
+
+
+def layer_resources(n: NodeCounts, st: LayerStrategy | None, dsp_width: tuple[int, int]) -> Resources:
+    if n.weight is not None:
+        st = st or LayerStrategy()
+        model = _WEIGHT_MODELS.get(st.strategy)
+        if model is None:
+            from ..errors import ConfigError
+            raise ConfigError(f"layer {n.name!r}: strategy {st.strategy!r} unknown; known: {list(_WEIGHT_MODELS)}")
+        return model(n, st, dsp_width)
+    m = _OTHER_MODELS.get(n.op)
+    return m(n) if m is not None else Resources()
