@@ -46,9 +46,9 @@ bits and a mux per output, average pooling ``(k-1)`` adders, a rounding/saturati
 ``b`` LUTs per element (a floor quantize with no saturation is wiring), flatten and pixel
 shuffle nothing.
 
-Latency: a Dense/Conv kernel costs ``R + mult_stages + ceil(log2(fan_in) / ADDS_PER_STAGE) + 1``
-cycles (DSP multiply 3 stages, LUT multiply 1, DA 0), other layers 1 cycle (mask/flatten
-0). The design is a pipeline: total latency is the sum, the initiation interval the
+Latency: a Dense/Conv kernel costs ``(R - 1) + mult_stages + ceil(log2(fan_in + 1) / ADDS_PER_STAGE)``
+cycles (DSP multiply 1 stage, LUT multiply and DA 0), pooling 1 cycle, ReLU / quantize /
+mask / flatten 0 (folded into the producer's pipeline stage by HLS). The design is a pipeline: total latency is the sum, the initiation interval the
 largest layer II.
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ from .counts import NodeCounts
 DSP_MIN_PRODUCT = 100  # b_w * b_a from which a multiply goes to a DSP (10 x 10)
 BRAM_MIN_DEPTH = 64
 BRAM_MIN_BITS = 1024
-ADDS_PER_STAGE = 3  # adder-tree levels per pipeline stage at ~100-200 MHz
+ADDS_PER_STAGE = 4  # adder-tree levels per pipeline stage at ~100-200 MHz
 STRATEGIES = ("Latency", "Resource", "resource_unrolled", "distributed_arithmetic")
 
 
@@ -163,8 +163,8 @@ def _mults(n: NodeCounts, count: int, const: bool, dsp_width) -> tuple[int, int,
 
 def _latency(n: NodeCounts, reuse: int, kind: str) -> tuple[int, int]:
     w = n.weight
-    mult = {"DSP": 3, "LUT": 1}.get(kind, 0)
-    depth = reuse + mult + math.ceil(ceil_log2(max(w.max_row_nonzeros, 1) + 1) / ADDS_PER_STAGE) + 1
+    mult = {"DSP": 1}.get(kind, 0)
+    depth = (reuse - 1) + mult + math.ceil(ceil_log2(max(w.max_row_nonzeros, 1) + 1) / ADDS_PER_STAGE)
     ii = reuse * w.positions
     return depth + (w.positions - 1) * reuse, ii
 
@@ -242,7 +242,7 @@ def other_model(*ops):
 @other_model("relu")
 def _relu(n: NodeCounts) -> Resources:
     b = n.out_format.bits
-    return Resources(0, n.out_nonzero * math.ceil(b / 2), n.out_nonzero * b, 0, 1, 1)
+    return Resources(0, n.out_nonzero * math.ceil(b / 2), n.out_nonzero * b, 0, 0, 1)
 
 
 @other_model("mask", "flatten", "pixel_shuffle")
@@ -253,7 +253,7 @@ def _free(n: NodeCounts) -> Resources:
 @other_model("quantize")
 def _quant(n: NodeCounts) -> Resources:
     b = n.out_format.bits
-    return Resources(0, n.out_nonzero * b, n.out_nonzero * b, 0, 1, 1)
+    return Resources(0, n.out_nonzero * b, n.out_nonzero * b, 0, 0, 1)
 
 
 @other_model("maxpool2d")
