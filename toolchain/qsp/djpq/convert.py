@@ -35,7 +35,7 @@ class DJPQConfig:
     controller_gain: float = 0.05
     kl_weight: float = 1e-3
     gate_threshold: float = 1.0
-    gate_init_logvar: float = -6.0
+    gate_init_logvar: float = -4.0
     gate_temperature: float = 1.0
     init_bits: int = 8
     input_bits: int = 8
@@ -46,8 +46,8 @@ class DJPQConfig:
     input_signed: bool | None = None
     rounding: str = fp.DEFAULT_ROUNDING
     act_init_quantile: float = 0.999
-    quant_lr: float = 1e-2
-    gate_lr: float = 1e-2
+    quant_lr: float = 2e-2
+    gate_lr: float = 5e-2
 
     def __post_init__(self):
         def bad(key, why):
