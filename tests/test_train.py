@@ -60,6 +60,11 @@ def test_cli_digits_bundle(digits_run):
     # the module rebuilds from factory + kwargs + state_dict, without pickle
     net = build_model(b.qspec.model.factory, b.qspec.model.kwargs)
     net.load_state_dict({k: torch.from_numpy(v) for k, v in b.state_dict.items()})
+    # model.onnx (qsp.export.onnx) reproduces the trained model's test accuracy
+    from qsp.export.onnx import run_onnx
+
+    pred = run_onnx(digits_run / "bundle" / "model.onnx", b.test_x)
+    assert abs(100.0 * np.mean(pred.argmax(1) == b.test_y) - m["test_metric"]) <= 100.0 / 359 + 1e-9
     ck = torch.load(digits_run / "checkpoints" / "last.pt", weights_only=True)
     assert ck["epoch"] == 3 and ck["step"] == 3 * 41
 

@@ -60,6 +60,8 @@ class TrainConfig:
     optimizer: str = _f("adam", "optimizer: adam, adamw or sgd (momentum 0.9)")
     weight_decay: float = _f(0.0, "weight decay")
     device: str = _f("cpu", "cpu or cuda")
+    threads: int | None = _f(None, "CPU threads torch may use (default: 1 for digits and custom, whose tiny models run "
+                             "fastest single-threaded; torch's default otherwise)")
     seed: int = _f(0, "random seed (model init, data split, shuffling): same seed, same result")
     train_limit: int | None = _f(None, "use only the first N training samples (quick trials)")
     test_limit: int | None = _f(None, "use only the first N validation and test samples (quick trials; the "
@@ -158,7 +160,7 @@ class TrainConfig:
         if self.order == "auto":
             raise ConfigError("order: 'auto' (train both orders and keep the better one) is not implemented yet; "
                               f"use one of {ORDERS}")
-        for k in ("epochs", "batch_size", "max_steps", "train_limit", "test_limit"):
+        for k in ("epochs", "batch_size", "max_steps", "train_limit", "test_limit", "threads"):
             v = getattr(self, k)
             if v is not None and v < 1:
                 raise ConfigError(f"{k}: {v!r} must be >= 1")
@@ -294,7 +296,7 @@ def coerce(key: str, tp, value):
 def resolve(cfg: TrainConfig, task_defaults) -> TrainConfig:
     """Fill the task-dependent ``None`` keys from ``task_defaults`` (a TaskDefaults)."""
     fill = {}
-    for k in ("model", "epochs", "batch_size", "lr", "float_baseline"):
+    for k in ("model", "epochs", "batch_size", "lr", "float_baseline", "threads"):
         if getattr(cfg, k) is None:
             fill[k] = getattr(task_defaults, k)
     return dataclasses.replace(cfg, **fill) if fill else cfg

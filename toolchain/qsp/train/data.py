@@ -59,6 +59,7 @@ class TaskDefaults:
     batch_size: int
     lr: float
     float_baseline: bool
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def _with_val(x, y, x_test, y_test, val_fraction, seed, **kw) -> DataSplits:
 
 # ============================================================================ digits
 @task("digits", "classification", "accuracy", "cross_entropy",
-      TaskDefaults(model="mlp", epochs=60, batch_size=32, lr=3e-3, float_baseline=True))
+      TaskDefaults(model="mlp", epochs=60, batch_size=32, lr=3e-3, float_baseline=True, threads=1))
 def load_digits(cfg) -> DataSplits:
     from sklearn.datasets import load_digits as _ld
 
@@ -194,7 +195,7 @@ def load_fashion_mnist(cfg) -> DataSplits:
 
 # ============================================================================ custom
 @task("custom", "classification", "accuracy", "cross_entropy",
-      TaskDefaults(model="mlp", epochs=20, batch_size=64, lr=2e-3, float_baseline=False))
+      TaskDefaults(model="mlp", epochs=20, batch_size=64, lr=2e-3, float_baseline=False, threads=1))
 def load_custom(cfg) -> DataSplits:
     if not cfg.data_dir:
         raise DataError("task custom needs data_dir: a .npz (x_train, y_train, x_test, y_test) or a directory of "

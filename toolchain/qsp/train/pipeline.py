@@ -37,7 +37,7 @@ from .models import resolve_model
 
 RUNS = Path("runs")
 #: keys that may change when a run is resumed (they do not change the result)
-RESUME_FREE = {"device", "progress", "max_steps", "checkpoint_every", "resume", "out", "float_metric",
+RESUME_FREE = {"device", "threads", "progress", "max_steps", "checkpoint_every", "resume", "out", "float_metric",
                "float_baseline", "max_test"}
 
 
@@ -110,6 +110,16 @@ def run(cfg: TrainConfig, explicit: set[str] | None = None, echo=print) -> RunRe
             raise ConfigError(f"out: {out} already holds a run; pass --resume to continue it or choose another --out")
     spec, data = load_task(cfg)
     cfg = resolve(cfg, spec.defaults)
+    prev_threads = torch.get_num_threads()
+    if cfg.threads is not None and cfg.device == "cpu":
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train_and_export(cfg, spec, data, out, echo)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _train_and_export(cfg, spec, data, out: Path, echo) -> RunReport:
     factory, kwargs = resolve_model(cfg.model, cfg.model_kwargs, data.input_shape, data.info)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.out is None:
@@ -167,11 +177,8 @@ def run(cfg: TrainConfig, explicit: set[str] | None = None, echo=print) -> RunRe
 
 
 def _write_onnx(bundle, echo) -> None:
-    try:
-        from ..export.onnx import write_onnx
-    except ImportError:
-        warnings.warn("qsp.export.onnx is not available: the bundle has no model.onnx")
-        return
+    from ..export.onnx import write_onnx  # imports onnx: only at the end of a run
+
     write_onnx(bundle)
 
 
