@@ -175,3 +175,9 @@ def test_help_documents_every_key():
         assert flag in out, flag
     for name in ("digits|fashion-mnist", "super-resolution", "prune-then-quantize|quantize-then-prune|auto", "cpu|cuda"):
         assert name in out
+
+
+def test_schedule_must_fit_the_run(tmp_path):
+    with pytest.raises(ConfigError, match="^quant_delay: .* only 41 steps"):
+        run(TrainConfig(out=str(tmp_path), epochs=1, quant_delay=50, float_baseline=False, progress=False),
+            echo=lambda *a: None)

@@ -100,6 +100,7 @@ class QSparse(TrainingMethod):
         from ..nn import convert
 
         self.plan = cfg.plan(total_steps)
+        check_schedule(self.plan)
         return convert(model, self.plan)
 
     def status(self, model):
@@ -117,6 +118,18 @@ class QSparse(TrainingMethod):
 
         return make_bundle(model, task, model_ref, test_x, test_y, plan=self.plan_dict(), metrics=metrics,
                            method=self.name, extra=extra)
+
+
+def check_schedule(plan) -> None:
+    """The schedule must finish inside the run, or the bundle would not reach the configured
+    sparsities (or could not be exported at all)."""
+    sch, T = plan.schedule(), plan.total_steps
+    if sch.quant_delay >= T:
+        raise ConfigError(f"quant_delay: quantization would turn on at step {sch.quant_delay} but the run has only "
+                          f"{T} steps; train longer (epochs) or set quant_delay / prune_* lower")
+    if (plan.weight_sparsity > 0 or plan.act_sparsity > 0) and sch.prune_end > T:
+        raise ConfigError(f"prune_interval: pruning would end at step {sch.prune_end} (start {sch.prune_start} + "
+                          f"{sch.prune_repetition} x {sch.prune_interval}) but the run has only {T} steps")
 
 
 @torch.no_grad()
