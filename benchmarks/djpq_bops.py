@@ -5,7 +5,8 @@ next to the qsparse method at 8 bits / 50 % on the same LeNet-style CNN.
 2. from its weights, qsparse (8-bit weights and activations, 50 % weight and activation
    pruning, prune-then-quantize) and DJPQ (one run per ``--targets`` BOPs ratio, plus a
    power-of-two-bitwidth run at the first target with ``--pow2``) are fine-tuned for
-   ``--epochs`` each;
+   ``--epochs`` each; the float reference accuracy is the better of the float model and the
+   float model fine-tuned for ``--epochs`` more;
 3. every quantized model is exported to a bundle; DJPQ bundles are checked bit-exact
    against the integer emulator on the saved test inputs; BOPs are counted on the bundle
    graph (``qsp.djpq.bundle_bops``) and divided into the FP32 dense BOPs (MACs x 32 x 32).
@@ -115,11 +116,16 @@ def main(argv=None):
     # ------------------------------------------------------------------ float
     t0 = time.time()
     fnet = train(lenet(**kw).to(dev), xtr, ytr, a.epochs, a.lr, a.batch_size, dev, seed=a.seed)
-    f_acc = accuracy(fnet, xte, yte, dev)
+    f_acc0 = accuracy(fnet, xte, yte, dev)
+    # the compressed models are fine-tuned for --epochs more from fnet: the float reference is
+    # the better of fnet and fnet fine-tuned for as long (same schedule), so that no variant
+    # gains from extra epochs alone
+    ft = train(copy.deepcopy(fnet), xtr, ytr, a.epochs, a.lr, a.batch_size, dev, seed=a.seed + 1)
+    f_acc = max(f_acc0, accuracy(ft, xte, yte, dev))
     probe = djpq.convert(copy.deepcopy(fnet).cpu(), [1, 28, 28])
     macs = djpq.fp32_bops(probe) // 1024
     base = macs * 1024
-    rows.append({"variant": "float32 dense", "accuracy": f_acc, "bops": base, "reduction": 1.0,
+    rows.append({"variant": "float32 dense (best of trained / fine-tuned)", "accuracy": f_acc, "bops": base, "reduction": 1.0,
                  "bops_nonzero": base, "reduction_nonzero": 1.0, "seconds": round(time.time() - t0, 1)})
     print(f"float: acc {f_acc:.4f}, MACs {macs:,}", flush=True)
 
