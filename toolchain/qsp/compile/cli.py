@@ -88,9 +88,7 @@ def _estimate_summary(bundle, board, res) -> None:
     except ImportError:
         return
     try:
-        from .hls4ml_project import CompileOptions  # noqa: F401
-
-        print(summary_for_board(bundle, board))
+        print(summary_for_board(bundle, board, strategies=res.strategies or None))
     except QspError as e:
         _log(f"estimate unavailable: {e}")
 

@@ -30,6 +30,7 @@ class CompileResult:
     project: Path | None = None
     accelerator_project: Path | None = None
     hls_model: object = None
+    strategies: dict = field(default_factory=dict)
 
 
 def _load(bundle) -> Bundle:
@@ -97,7 +98,7 @@ def compile_bundle(bundle, out, opts: CompileOptions | None = None, steps=transf
     say("converting with hls4ml's PyTorch frontend ...")
     hm = convert(model, tx, cfg, opts, project, tb_input=tb_in, tb_output=tb_out)
     t["convert_s"] = time.perf_counter() - t0
-    res = CompileResult(out, plan, None, t, log, project, hls_model=hm)
+    res = CompileResult(out, plan, None, t, log, project, hls_model=hm, strategies=strategies)
 
     accel = accelerator_board
     if accel:
