@@ -20,7 +20,7 @@ import yaml
 from ..errors import ConfigError
 from ..nn import ORDERS, Plan
 
-#: orders accepted in the config; "auto" tries both (a later issue)
+#: orders accepted in the config; "auto" tries both (qsp.train.order)
 CONFIG_ORDERS = ORDERS + ("auto",)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
@@ -75,7 +75,10 @@ class TrainConfig:
                                 "bundle export needs it)")
     weight_sparsity: float = _f(0.5, "fraction of weights pruned in every pruned layer, in [0, 1)")
     act_sparsity: float = _f(0.5, "fraction of activation elements masked after every activation, in [0, 1)")
-    order: str = _f("prune-then-quantize", "prune-then-quantize, quantize-then-prune, or auto (try both)")
+    order: str = _f("prune-then-quantize", "prune-then-quantize, quantize-then-prune, or auto (a short trial of "
+                    "each, the higher performance density on the validation split wins; see docs/ordering.md)")
+    order_trial_fraction: float = _f(0.3, "order auto: each trial trains this fraction of epochs (rounded, >= 1)")
+    order_trial_epochs: int | None = _f(None, "order auto: epochs of each trial (overrides order_trial_fraction)")
     prune_start: int | None = _f(None, "step at which pruning starts (default: from order and total steps)")
     prune_interval: int | None = _f(None, "steps between pruning updates (default: derived)")
     prune_repetition: int | None = _f(None, "number of pruning updates (default: derived, at most 8)")
@@ -157,9 +160,9 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("order", self.order, CONFIG_ORDERS)
-        if self.order == "auto":
-            raise ConfigError("order: 'auto' (train both orders and keep the better one) is not implemented yet; "
-                              f"use one of {ORDERS}")
+        from .order import check_config
+
+        check_config(self)
         for k in ("epochs", "batch_size", "max_steps", "train_limit", "test_limit", "threads"):
             v = getattr(self, k)
             if v is not None and v < 1:
@@ -179,7 +182,7 @@ class TrainConfig:
             from .models import MODELS
             _choice("model", self.model, tuple(MODELS), extra=" or package.module:factory")
         try:  # Plan checks bits, sparsities, rounding, quantiles
-            self.plan(total_steps=1)
+            (dataclasses.replace(self, order=ORDERS[0]) if self.order == "auto" else self).plan(total_steps=1)
         except ValueError as e:
             msg = str(e)
             key = next((k for k in PLAN_KEYS if msg.startswith(k)), "plan")

@@ -114,12 +114,19 @@ def run(cfg: TrainConfig, explicit: set[str] | None = None, echo=print) -> RunRe
     if cfg.threads is not None and cfg.device == "cpu":
         torch.set_num_threads(cfg.threads)
     try:
-        return _train_and_export(cfg, spec, data, out, echo)
+        order_auto = None
+        if cfg.order == "auto":  # trials of both orders; cfg.order becomes the winner (qsp.train.order)
+            from .order import auto_order
+            cfg, order_auto = auto_order(cfg, spec, data, out, echo)
+        elif cfg.resume:
+            from .order import recorded_choice
+            order_auto = recorded_choice(out)
+        return _train_and_export(cfg, spec, data, out, echo, order_auto)
     finally:
         torch.set_num_threads(prev_threads)
 
 
-def _train_and_export(cfg, spec, data, out: Path, echo) -> RunReport:
+def _train_and_export(cfg, spec, data, out: Path, echo, order_auto: dict | None = None) -> RunReport:
     factory, kwargs = resolve_model(cfg.model, cfg.model_kwargs, data.input_shape, data.info)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.out is None:
@@ -158,7 +165,7 @@ def _train_and_export(cfg, spec, data, out: Path, echo) -> RunReport:
             data.x_test[:n_keep], data.y_test[:n_keep], None if data.test_groups is None else data.test_groups[:n_keep])
     bundle = method.export(model, task=task_info, model_ref=ModelRef(factory, kwargs),
                            test_x=data.x_test[:n_keep], test_y=data.y_test[:n_keep], metrics={},
-                           extra={"run": str(out)})
+                           extra={"run": str(out), **({"order_auto": order_auto} if order_auto else {})})
     metrics.update(_footprint_metrics(bundle, metrics))
     bundle.qspec.metrics = metrics
     bpath = bundle.write(out / "bundle")
@@ -172,6 +179,9 @@ def _train_and_export(cfg, spec, data, out: Path, echo) -> RunReport:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     rep = RunReport(out, False, metrics, bpath)
     echo(rep.table())
+    if order_auto:
+        from .order import summary
+        echo(summary(order_auto))
     echo(f"bundle: {bpath}")
     return rep
 
