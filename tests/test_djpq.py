@@ -19,6 +19,15 @@ from qsp.errors import BundleError
 from qsp.verify.emulate import emulate
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is ~10x faster than two on a shared 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _cnn():
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
@@ -360,3 +369,17 @@ def test_djpq_layer_rejects_unsupported():
         DJPQLayer(nn.Conv1d(1, 2, 3))
     with pytest.raises(Exception, match="bops_target"):
         DJPQConfig(bops_target=2.0)
+
+
+def test_controller_lambda_is_saved_with_the_model():
+    x, y = _data(seed=6)
+    cfg = DJPQConfig(bops_target=0.01, lambda_bops=1.0, controller_gain=0.5)
+    m = djpq.convert(_cnn(), [1, 8, 8], cfg)
+    obj = _train(m, cfg, 3, x, y)
+    lam = obj.controller.lam
+    assert lam > 1.0 and float(m.djpq_lambda) == lam
+    twin = djpq.convert(_cnn(), [1, 8, 8], cfg)
+    twin.load_state_dict(m.state_dict())
+    fresh = djpq.DJPQObjective(cfg)
+    fresh(twin, update=False)
+    assert fresh.controller.lam == lam

@@ -26,6 +26,8 @@ from torch import nn
 from .convert import DJPQConfig, gated_channels, layer_chain
 
 FP32_BITS = 32
+#: buffer of the converted model that carries the controller's lambda (checkpointed with it)
+LAMBDA_BUFFER = "djpq_lambda"
 
 
 @dataclass
@@ -117,6 +119,9 @@ class DJPQObjective:
         self.last: dict = {}
 
     def __call__(self, model: nn.Module, update: bool = True) -> torch.Tensor:
+        state = getattr(model, LAMBDA_BUFFER, None)  # lambda lives in the model's state_dict
+        if state is not None and float(state) > 0:
+            self.controller.lam = float(state)
         bops, _ = model_bops(model, hard=False)
         ratio = bops / fp32_bops(model)
         kl = kl_term(model)
@@ -124,6 +129,8 @@ class DJPQObjective:
         self.last = {"bops_ratio": _f(ratio), "kl": _f(kl), "lambda_bops": self.controller.lam}
         if update:
             self.controller.update(_f(ratio))
+            if state is not None:
+                state.fill_(self.controller.lam)
         return loss
 
 

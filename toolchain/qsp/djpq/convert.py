@@ -120,6 +120,8 @@ def convert(model: nn.Module, input_shape=None, cfg: DJPQConfig | None = None, *
             setattr(parent, key, nn.Sequential(OrderedDict([("act", mod), ("quant", aq)])))
     inq = LearnedQuantizer(cfg.input_signed, **cfg.quant_kw(cfg.input_bits))
     out = nn.Sequential(OrderedDict([("input_quant", inq), ("net", model)]))
+    # the BOPs controller's lambda, saved with the model (0: not set yet)
+    out.register_buffer("djpq_lambda", torch.zeros((), dtype=torch.float64))
     if input_shape is not None:
         record_macs(out, input_shape)
     return out
