@@ -181,3 +181,15 @@ def test_schedule_must_fit_the_run(tmp_path):
     with pytest.raises(ConfigError, match="^quant_delay: .* only 41 steps"):
         run(TrainConfig(out=str(tmp_path), epochs=1, quant_delay=50, float_baseline=False, progress=False),
             echo=lambda *a: None)
+
+
+def test_default_out_and_latest(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--epochs", "1", *QUIET]) == 0
+    latest = tmp_path / "runs" / "latest"
+    assert latest.is_symlink() and (latest / "bundle" / "qspec.json").is_file()
+    assert latest.resolve().name.startswith("digits-")
+    before = Bundle.read(latest).weights
+    assert main(["--resume", *QUIET]) == 0  # finished run: nothing to train, same bundle again
+    after = Bundle.read(latest).weights
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
