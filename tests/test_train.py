@@ -133,7 +133,7 @@ def test_user_factory_and_quantize_then_prune(tmp_path):
     (["--task", "cifar"], "task"),
     (["--optimizer", "lion"], "optimizer"),
     (["--per-channel", "maybe"], "per_channel"),
-    (["--order", "auto"], "order"),
+    (["--order", "auto", "--method", "djpq"], "order"),  # auto: only for methods that use an order
 ])
 def test_bad_values_name_the_key(args, key):
     with pytest.raises(ConfigError, match=f"^{key}"):
