@@ -52,14 +52,20 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 
 
 def rng_state(device: torch.device) -> dict:
-    """Torch RNG states as tensors (CPU, and every CUDA device when used)."""
+    """Torch RNG states as tensors (CPU, and the CUDA device in use: under torchrun each
+    process owns one GPU, and a run may resume on another number of them)."""
     st = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
-        st["cuda"] = torch.cuda.get_rng_state_all()
+        st["cuda"] = torch.cuda.get_rng_state(device)
     return st
 
 
-def set_rng_state(st: dict) -> None:
+def set_rng_state(st: dict, device: torch.device | None = None) -> None:
     torch.set_rng_state(st["torch"].cpu())
     if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in st["cuda"]])
+        s = st["cuda"]
+        if isinstance(s, (list, tuple)):  # checkpoints that stored every device's state
+            s = s[0] if s else None
+        if s is not None:
+            dev = device if device is not None and device.type == "cuda" else torch.device("cuda", 0)
+            torch.cuda.set_rng_state(s.cpu(), dev)
