@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from . import distributed as dd
 from .checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import METRICS, DataSplits, TaskSpec
 from .methods import TrainingMethod
@@ -55,14 +56,16 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.tag = tag
         self.progress = cfg.progress if progress is None else progress
-        self.is_main = True  # rank 0 under data parallelism: logs and checkpoints
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device: cuda was requested but torch sees no CUDA device")
-        self.device = torch.device(cfg.device)
+        self.dist = dd.setup(cfg.device)  # torchrun: process group (see qsp.train.distributed)
+        self.is_main = self.dist.is_main  # rank 0 under data parallelism: logs and checkpoints
+        self.device = dd.device_for(cfg.device, self.dist)
         self.n_train = len(data.x_train)
         if self.n_train == 0:
             raise ConfigError("train_limit/data: the training set is empty")
         self.steps_per_epoch = math.ceil(self.n_train / cfg.batch_size)
+        dd.check_batches(self.n_train, cfg.batch_size, self.dist.world_size)  # batch_size is the global batch
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.loss_fn = LOSSES[task.loss]
         self.metric_fn = METRICS[task.metric]
@@ -81,8 +84,13 @@ class Trainer:
         return self.model
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
-        """Hook for DistributedDataParallel."""
-        return model
+        """DistributedDataParallel under torchrun (no buffer broadcast), else the model."""
+        return dd.wrap_ddp(model, self.device)
+
+    @property
+    def module(self) -> nn.Module:
+        """The model without its DDP wrapper (what is checkpointed and exported)."""
+        return dd.unwrap(self.model)
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         c = self.cfg
@@ -104,7 +112,9 @@ class Trainer:
         return np.random.default_rng([self.cfg.seed, epoch]).permutation(self.n_train)
 
     def batch(self, order: np.ndarray, b: int):
-        idx = torch.from_numpy(order[b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size]).to(self.device)
+        # the global batch b; under torchrun this rank's share of it
+        idx = torch.from_numpy(dd.shard(order[b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size],
+                                        self.dist)).to(self.device)
         return self._x[idx], self._y[idx]
 
     # ================================================================== steps
@@ -113,12 +123,18 @@ class Trainer:
             g["lr"] = self.lr_at(step)
         self.model.train()
         out = self.model(x)
-        loss = self.loss_fn(out, y)
+        data_loss = loss = self.loss_fn(out, y)
         extra = self.method.extra_loss(self.model, step)
         if extra is not None:
             loss = loss + extra
+        grad_loss = loss
+        if self.dist.active:  # DDP averages gradients: weight by this rank's share of the global batch
+            b = step % self.steps_per_epoch
+            n_global = min(self.cfg.batch_size, self.n_train - b * self.cfg.batch_size)
+            grad_loss = data_loss * dd.loss_scale(len(x), n_global, self.dist.world_size)
+            grad_loss = grad_loss if extra is None else grad_loss + extra
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        grad_loss.backward()
         self.optimizer.step()
         self.method.on_step_end(self.model, step)
         return float(loss.detach())
@@ -128,7 +144,7 @@ class Trainer:
         was = self.model.training
         self.model.eval()
         try:
-            outs = [self.model(torch.from_numpy(x[i:i + batch]).to(self.device)).float().cpu().numpy()
+            outs = [self.module(torch.from_numpy(x[i:i + batch]).to(self.device)).float().cpu().numpy()
                     for i in range(0, len(x), batch)]
         finally:
             self.model.train(was)
@@ -146,23 +162,30 @@ class Trainer:
 
     def state(self, epoch: int, batch: int, step: int, loss_sum: float, loss_count: int, log: list,
               elapsed: float) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch,
-                "batch": batch, "step": step, "loss_sum": loss_sum, "loss_count": loss_count,
+        # a collective under torchrun: every rank calls it; rank-local statistics and the
+        # running loss are summed over ranks (loaded back on rank 0 only)
+        model = dd.reduce_rank_local(self.module.state_dict(), self.module)
+        loss_sum, loss_count = dd.all_sum([loss_sum, loss_count], self.device)
+        return {"model": model, "optimizer": self.optimizer.state_dict(), "epoch": epoch,
+                "batch": batch, "step": step, "loss_sum": loss_sum, "loss_count": int(loss_count),
                 "rng": rng_state(self.device), "log": [dict(r) for r in log], "elapsed": elapsed,
                 "total_steps": self.total_steps, "config": self.cfg.to_dict()}
 
     def save(self, **pos) -> None:
-        if self.checkpoint_path is not None and self.is_main:
-            save_checkpoint(self.state(**pos), self.checkpoint_path)
+        if self.checkpoint_path is not None:
+            st = self.state(**pos)
+            if self.is_main:
+                save_checkpoint(st, self.checkpoint_path)
 
     def load(self, path: Path | None = None) -> dict:
         ck = load_checkpoint(path or self.checkpoint_path, map_location=self.device)
         if ck["total_steps"] != self.total_steps:
             raise ConfigError(f"resume: the checkpoint was made for {ck['total_steps']} steps, this configuration "
                               f"gives {self.total_steps} (epochs/batch_size/train_limit changed?)")
-        self.model.load_state_dict(ck["model"])
+        self.module.load_state_dict(ck["model"])
+        dd.zero_rank_local(self.module)  # the checkpoint's statistics are the sum over ranks
         self.optimizer.load_state_dict(ck["optimizer"])
-        set_rng_state(ck["rng"])
+        set_rng_state(ck["rng"], self.device)
         return ck
 
     def write_log(self, log: list[dict]) -> None:
@@ -188,6 +211,8 @@ class Trainer:
             ck = self.load()
             epoch, b0, step = ck["epoch"], ck["batch"], ck["step"]
             loss_sum, loss_count, log, elapsed = ck["loss_sum"], ck["loss_count"], list(ck["log"]), ck["elapsed"]
+            if not self.is_main:  # the running loss is summed over ranks: rank 0 carries it
+                loss_sum, loss_count = 0.0, 0
         t0 = time.perf_counter() - elapsed
         val_metric = log[-1]["val_metric"] if log else float("nan")
         stopped = False
@@ -218,7 +243,8 @@ class Trainer:
                 break
             val_metric = self.evaluate(self.data.x_val, self.data.y_val, self.data.val_groups)
             st = self.method.status(self.model)
-            row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(1, loss_count),
+            tl_sum, tl_count = dd.all_sum([loss_sum, loss_count], self.device)
+            row = {"epoch": epoch + 1, "step": step, "train_loss": tl_sum / max(1, tl_count),
                    "val_metric": val_metric, "weight_sparsity": st.get("weight_sparsity", 0.0),
                    "act_sparsity": st.get("act_sparsity", 0.0), "quant_on": bool(st.get("quant_on", False)),
                    "lr": self.lr_at(step), "seconds": round(time.perf_counter() - t0, 3)}
@@ -231,7 +257,10 @@ class Trainer:
             self.write_log(log)
             if cfg.max_steps is not None and step >= cfg.max_steps and epoch < cfg.epochs:
                 stopped = True
-        return FitResult(self.model, step, epoch, stopped, log, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        dd.verify_in_sync(self.module)  # every rank must hold the model that rank 0 saves
+        dd.dump_state(self.module, self.tag)
+        return FitResult(self.module, step, epoch, stopped, log, seconds)
 
     def _postfix(self, loss, metric) -> dict:
         st = self.method.status(self.model)
