@@ -29,6 +29,7 @@ from ..bundle import ModelRef, TaskInfo
 from ..bundle.footprint import float_footprint, footprint, performance_density
 from ..errors import ConfigError
 from ..nn import ActivationPruner, WeightPruner
+from . import distributed as dd
 from .config import TrainConfig, resolve
 from .data import load_task
 from .loop import Trainer
@@ -102,10 +103,12 @@ def run(cfg: TrainConfig, explicit: set[str] | None = None, echo=print) -> RunRe
     """Train, export and report. ``explicit``: the keys the user set (for --resume checks);
     None means every non-default key."""
     cfg.validate()
+    if dd.setup(cfg.device).active and not dd.is_main():  # torchrun: rank 0 reports and writes
+        echo = _silent
     if cfg.resume:
         cfg, out = _resume_config(cfg, explicit)
     else:
-        out = Path(cfg.out) if cfg.out else _new_run_dir(cfg.task)
+        out = dd.broadcast_object(Path(cfg.out) if cfg.out else _new_run_dir(cfg.task))  # one run dir
         if (out / "checkpoints").exists() and any((out / "checkpoints").iterdir()):
             raise ConfigError(f"out: {out} already holds a run; pass --resume to continue it or choose another --out")
     spec, data = load_task(cfg)
@@ -129,10 +132,11 @@ def run(cfg: TrainConfig, explicit: set[str] | None = None, echo=print) -> RunRe
 def _train_and_export(cfg, spec, data, out: Path, echo, order_auto: dict | None = None) -> RunReport:
     factory, kwargs = resolve_model(cfg.model, cfg.model_kwargs, data.input_shape, data.info)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.out is None:
+    if cfg.out is None and dd.is_main():
         _point_latest(out)
     cfg = dataclasses.replace(cfg, out=str(out))
-    (out / "config.yaml").write_text(cfg.to_yaml())
+    if dd.is_main():
+        (out / "config.yaml").write_text(cfg.to_yaml())
 
     method = get_method(cfg.method, cfg)
     trainer = Trainer(cfg, spec, data, method, factory, kwargs, run_dir=out)
@@ -152,6 +156,9 @@ def _train_and_export(cfg, spec, data, out: Path, echo, order_auto: dict | None 
     metrics["float"] = _float_baseline(cfg, spec, data, factory, kwargs, out, echo)
 
     # ---------------------------------------------------------------- bundle
+    if not dd.is_main():  # torchrun: rank 0 writes the bundle (the model is identical on every rank)
+        dd.barrier()
+        return RunReport(out, False, metrics, None)
     model = res.model
     with torch.no_grad():
         model.eval()
@@ -183,7 +190,12 @@ def _train_and_export(cfg, spec, data, out: Path, echo, order_auto: dict | None 
         from .order import summary
         echo(summary(order_auto))
     echo(f"bundle: {bpath}")
+    dd.barrier()
     return rep
+
+
+def _silent(*args, **kwargs) -> None:
+    pass
 
 
 def _write_onnx(bundle, echo) -> None:
@@ -217,7 +229,7 @@ def _float_baseline(cfg, spec, data, factory, kwargs, out: Path, echo) -> dict |
     if not cfg.float_baseline:
         return None
     cache = out / "float_baseline.json"
-    if cache.is_file():
+    if dd.broadcast_object(cache.is_file()):  # every rank trains it, or none
         return json.loads(cache.read_text())
     echo(f"float baseline: training the float model for {cfg.epochs} epochs")
     tr = Trainer(cfg, spec, data, FloatMethod(cfg), factory, kwargs, run_dir=None, tag="float")
@@ -225,7 +237,8 @@ def _float_baseline(cfg, spec, data, factory, kwargs, out: Path, echo) -> dict |
     d = {"test_metric": tr.evaluate(data.x_test, data.y_test, data.test_groups),
          "val_metric": tr.evaluate(data.x_val, data.y_val, data.val_groups),
          "train_seconds": round(res.seconds, 2), "source": "trained (same epochs, seed, optimizer)"}
-    cache.write_text(json.dumps(d, indent=1))
+    if dd.is_main():
+        cache.write_text(json.dumps(d, indent=1))
     return d
 
 
