@@ -100,9 +100,11 @@ def main(argv=None) -> int:
         if args.print_config:
             print(cfg.to_yaml(), end="")
             return 0
+        from .distributed import session
         from .pipeline import run
 
-        run(cfg, explicit)
+        with session(cfg.device):  # torchrun: the process group around the run (no-op otherwise)
+            run(cfg, explicit)
         return 0
     except ConfigError as e:
         print(f"qsp-train: error: {e}", file=sys.stderr)
