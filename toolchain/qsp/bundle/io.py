@@ -122,6 +122,7 @@ class Bundle:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is an ordinary directory
         try:
             (tmp / QSPEC).write_text(json.dumps(self.qspec.to_dict(), indent=1))
             np.savez(tmp / WEIGHTS, **self.weights)
