@@ -132,3 +132,32 @@ def dist_broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
 
         dist.broadcast(t, src)
     return t
+
+
+def dist_max_(t: torch.Tensor) -> torch.Tensor:
+    """All-reduce (max) in place across ranks when torch.distributed is running."""
+    if dist_active():
+        import torch.distributed as dist
+
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def dist_cat(t: torch.Tensor) -> torch.Tensor:
+    """The concatenation, in rank order, of every rank's 1-D ``t`` (lengths may differ);
+    ``t`` itself without a process group. With the trainer's contiguous shards of a global
+    batch, this is the global batch's tensor, in the order one process would see."""
+    if not dist_active():
+        return t
+    import torch.distributed as dist
+
+    n = torch.tensor([t.numel()], dtype=torch.long, device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    m = max(sizes)
+    padded = torch.zeros(m, dtype=t.dtype, device=t.device)
+    padded[: t.numel()] = t.reshape(-1)
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
