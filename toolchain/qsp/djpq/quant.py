@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .. import fixedpoint as fp
+from ..nn.state import dist_cat, dist_max_
 
 POW2_BITS = (2, 4, 8, 16)
 LN2 = math.log(2.0)
@@ -130,13 +131,19 @@ class LearnedQuantizer(nn.Module):
         return int(self._signed) != 0  # unknown counts as signed until data is seen
 
     @torch.no_grad()
-    def init_from(self, x: torch.Tensor) -> None:
+    def init_from(self, x: torch.Tensor, sharded: bool = False) -> None:
         """Set ``q_max`` to the data's (quantile of) magnitude and ``d`` so that the
-        bitwidth is ``init_bits``."""
+        bitwidth is ``init_bits``. ``sharded``: ``x`` is this rank's share of a batch (under
+        torchrun the statistics are then those of the whole batch, on every rank)."""
         x = x.detach().float()
         if int(self._signed) == -1:
-            self._signed.fill_(int(bool((x < 0).any())))
+            neg = (x < 0).any().reshape(1).float()
+            self._signed.fill_(int((dist_max_(neg) if sharded else neg).item()))
         a = x.abs().flatten()
+        if sharded and self.init_quantile < 1.0:  # the ranks' shares in rank order: the global batch's
+            a = dist_cat(a[: 1 << 20])
+        elif sharded:  # the global batch's largest magnitude (0 adds nothing to a max of |x|)
+            a = dist_max_(torch.cat([a, a.new_zeros(1)]).max().reshape(1))
         if a.numel() == 0:
             q = 1.0
         elif self.init_quantile < 1.0:
@@ -194,7 +201,7 @@ class LearnedQuantizer(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and not bool(self.initialized):
-            self.init_from(x)
+            self.init_from(x, sharded=True)
         fmt = self.format()
         exact = fp.quantize_torch(x, fmt.bits, fmt.frac, fmt.signed, fmt.rounding)
         if not torch.is_grad_enabled() or not (x.requires_grad or self.raw_log_d.requires_grad):
