@@ -221,6 +221,12 @@ def run_trial(cfg, order: str, epochs: int, spec, data, factory: str, kwargs: di
     tcfg = trial_config(cfg, order, epochs)
     method = get_method(tcfg.method, tcfg)
     tr = Trainer(tcfg, spec, data, method, factory, kwargs, run_dir=None, tag=f"trial {SHORT[order]}")
+    try:
+        tr.build()
+    except ConfigError as e:  # the schedule does not fit the trial
+        raise ConfigError(f"order_trial_epochs: the {order} trial ({epochs} epoch(s), {tr.total_steps} steps) is too "
+                          f"short for its schedule; give the trials more epochs (order_trial_epochs / "
+                          f"order_trial_fraction) or train longer. ({e})") from None
     res = tr.fit()
     val = tr.evaluate(data.x_val, data.y_val, data.val_groups)
     fp = footprint(export_in_memory(tr, res.model, method, spec, data, factory, kwargs))
