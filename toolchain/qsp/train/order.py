@@ -44,7 +44,7 @@ import torch
 from ..bundle import ModelRef, TaskInfo
 from ..bundle.footprint import footprint
 from ..errors import ConfigError
-from ..nn import ORDERS
+from . import distributed as dd
 
 #: methods whose training depends on ``order`` (the ones ``auto`` can choose for)
 ORDER_METHODS = ("qsparse",)
@@ -265,12 +265,15 @@ def auto_order(cfg, spec, data, out: Path, echo=print):
         trials.append(dataclasses.replace(t, seconds=round(time.perf_counter() - t0, 2)))
         echo(OrderChoice(order, "", "", (trials[-1],)).lines()[0])
     choice = select_order(trials)
-    echo(choice.lines()[-1])
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     record = dict(choice.to_dict(), trial_epochs=n, epochs=cfg.epochs, seed=cfg.seed,
                   final="the chosen order retrained for all epochs from scratch with the same seed")
-    (out / RECORD).write_text(json.dumps(record, indent=1))
+    record = dd.broadcast_object(record)  # torchrun: every rank follows rank 0's choice
+    choice = OrderChoice.from_dict(record)
+    echo(choice.lines()[-1])
+    if dd.is_main():
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RECORD).write_text(json.dumps(record, indent=1))
     echo(f"order auto: training {choice.order} for {cfg.epochs} epochs")
     return dataclasses.replace(cfg, order=choice.order), record
 
