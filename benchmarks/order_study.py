@@ -167,8 +167,27 @@ def compare(summary: dict, rows: list[dict], kind: str) -> list[dict]:
         d["finding"] = d["pd"]["exceeds_spread"]
         d["paper"] = PAPER.get(kind)
         d["agrees_with_paper"] = (winner == d["paper"]) if d["finding"] and d["paper"] else None
+        d["auto"] = auto_check(rows, a, b, s)
         res.append(d)
     return res
+
+
+def auto_check(rows: list[dict], a: str, b: str, setting: str) -> dict | None:
+    """For the ``order auto`` runs of this setting: how often its validation-trial choice is
+    the order with the higher test PD of the full runs, and whether its final run equals the
+    explicit run of the chosen order (it must: same seed, retrained from scratch)."""
+    auto = [r for r in rows if r["variant"] == AUTO.name and AUTO.setting == setting]
+    if not auto:
+        return None
+    by = {(r["variant"], r["seed"]): r for r in rows}
+    hits, same = 0, 0
+    for r in auto:
+        pa, pb = by[(a, r["seed"])]["pd"], by[(b, r["seed"])]["pd"]
+        best = PQ if pa > pb else QP if pb > pa else r["chosen"]
+        hits += r["chosen"] == best
+        ref = by[(a if r["chosen"] == PQ else b, r["seed"])]
+        same += ref["metric"] == r["metric"] and ref["pd"] == r["pd"]
+    return {"runs": len(auto), "chose_test_best": hits, "equal_to_explicit_run": same}
 
 
 # ====================================================================== report
@@ -210,6 +229,11 @@ def markdown(result: dict) -> str:
         L.append("")
         for c in t["comparison"]:
             L.append(f"- {verdict(c, t['metric'])}")
+            if c.get("auto"):
+                au = c["auto"]
+                L.append(f"- order auto ({c['setting']}): its validation trials picked the order with the higher "
+                         f"test PD in {au['chose_test_best']}/{au['runs']} seeds; its final model equals the "
+                         f"explicit run of the chosen order in {au['equal_to_explicit_run']}/{au['runs']} seeds.")
         L += ["", f"![{task}](order_{task}.svg)", ""]
     return "\n".join(L)
 
@@ -298,7 +322,14 @@ def main(argv=None) -> int:
     ap.add_argument("--auto", action="store_true", help="also run order auto on the P(w,a) setting")
     ap.add_argument("--no-keep", dest="keep", action="store_false", help="delete the run directories")
     ap.add_argument("--verbose", action="store_true", help="show the runs' logs")
+    ap.add_argument("--from-json", metavar="FILE", help="no training: rebuild the report (statistics, Markdown, "
+                    "SVG) in --out from the rows of an earlier order_study.json")
     args = ap.parse_args(argv)
+    if args.from_json:
+        result = json.loads(Path(args.from_json).read_text())
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        return write_report(result, out, VARIANTS + (AUTO,))
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     for t in tasks:
@@ -329,12 +360,18 @@ def main(argv=None) -> int:
         from qsp.train.data import load_task
         _, data = load_task(cfg0)
         cfg0 = resolve(cfg0, spec.defaults)
-        summary = summarize(rows, variants)
         result["tasks"][task] = {"kind": spec.kind, "metric": spec.metric, "model": cfg0.model, "epochs": cfg0.epochs,
-                                 "n_train": len(data.x_train), "n_test": len(data.x_test), "rows": rows,
-                                 "summary": summary, "comparison": compare(summary, rows, spec.kind)}
-        (out / f"order_{task}.svg").write_text(svg_plot(task, result["tasks"][task]))
+                                 "n_train": len(data.x_train), "n_test": len(data.x_test), "rows": rows}
     result["seconds"] = round(time.perf_counter() - t_start, 1)
+    return write_report(result, out, variants)
+
+
+def write_report(result: dict, out: Path, variants) -> int:
+    """Statistics, verdicts, JSON, Markdown and one SVG per task from the rows of ``result``."""
+    for task, t in result["tasks"].items():
+        t["summary"] = summarize(t["rows"], variants)
+        t["comparison"] = compare(t["summary"], t["rows"], t["kind"])
+        (out / f"order_{task}.svg").write_text(svg_plot(task, t))
     (out / "order_study.json").write_text(json.dumps(result, indent=1))
     md = markdown(result)
     (out / "order_study.md").write_text(md + "\n")
