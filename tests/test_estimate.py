@@ -138,3 +138,30 @@ def test_cli(mlp_bundle, tmp_path, capsys):
     assert "footprint" in out and "BOPs" in out and "energy/inf" in out and "float32 dense" in out
     assert main([str(mlp_bundle), "--board", "nosuchboard"]) == 2
     assert "known boards" in capsys.readouterr().err
+
+
+def test_float_baseline_is_the_network_before_channel_removal(cnn_bundle):
+    """DJPQ bundles have their pruned channels removed (RemovePrunedChannels, as export_djpq
+    does); the float32 dense baseline (BOPs, footprint) is still the original network's."""
+    from qsp.bundle.footprint import float_footprint
+    from qsp.djpq import RemovePrunedChannels
+
+    b = Bundle.read(cnn_bundle)
+    conv1 = next(n for n in b.graph if n.op == "conv2d")
+    for k in ("weight", "bias"):
+        a = b.weights[f"{conv1.name}.{k}"].copy()
+        a[[1, 3]] = 0
+        b.weights[f"{conv1.name}.{k}"] = a
+    conv1.nonzeros = int(np.count_nonzero(b.weights[f"{conv1.name}.weight"]))
+    conv1.kept_outputs = [0, 2]
+    after = RemovePrunedChannels().apply(b)
+    assert after.qspec.extra["removed_channels"][conv1.name]["original"] == 4
+    t0, t = estimate(b, None).totals, estimate(after, None).totals
+    assert t0.float_baseline == "graph" and t.float_baseline.startswith("original dense")
+    assert t.float_footprint_bits == t0.float_footprint_bits == float_footprint(b).total_bits
+    assert float_footprint(after).total_bits < t.float_footprint_bits  # the shrunk graph's own
+    assert t.bops_float == t0.bops_float == sum(le.bops_float for le in estimate(b, None).layers)
+    assert sum(le.bops_float for le in estimate(after, None).layers) < t.bops_float
+    # the DJPQ trainer's own count of the original model, where present, is the one used
+    after.qspec.extra["djpq"] = {"bops_fp32": t0.bops_float + 1}
+    assert estimate(after, None).totals.bops_float == t0.bops_float + 1

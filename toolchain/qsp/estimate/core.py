@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -316,6 +317,9 @@ class Totals:
     footprint_weight_bits: int
     footprint_activation_bits: int
     float_footprint_bits: int
+    #: what bops_float / float_footprint_bits describe: the graph as it is, or (a DJPQ bundle
+    #: with pruned channels removed) the original dense network before the removal
+    float_baseline: str = "graph"
 
 
 @dataclass
@@ -341,6 +345,34 @@ class Estimate:
                 "models": {"energy": E.SOURCE, "resources": "analytic model, docs/estimate.md"}}
 
 
+def original_float_baseline(bundle, ffp, weight_layers) -> tuple[int, int, str]:
+    """The float32 dense baseline (footprint bits, BOPs, label) of the network as trained.
+
+    DJPQ bundles come with pruned channels physically removed; the dense baseline is the
+    network before that. ``qspec.extra["removed_channels"]`` (node -> original count and
+    kept indices) restores it: the node's weights (and MACs) and the activations up to the
+    next weight layer, whose weights (and MACs) scale too, grow by original/kept. BOPs come
+    from ``qspec.extra["djpq"]["bops_fp32"]`` (the trainer's count of the original model)
+    where present. Other bundles: the graph's own baseline."""
+    extra = bundle.qspec.extra or {}
+    removed = extra.get("removed_channels") or {}
+    djpq_bops = (extra.get("djpq") or {}).get("bops_fp32")
+    scale, r = {}, Fraction(1)
+    for n in bundle.graph:
+        if n.op in ("linear", "conv2d"):
+            rm = removed.get(n.name)
+            r_out = Fraction(int(rm["original"]), len(rm["kept"])) if rm else Fraction(1)
+            scale[n.name], r = r * r_out, r_out
+        elif n.op == "quantize":
+            scale[n.name] = r
+    bits = sum(x.footprint_bits * scale.get(x.name, 1) for x in ffp.layers + ffp.points)
+    bops = sum(le.bops_float * scale.get(le.name, 1) for le in weight_layers)
+    if djpq_bops is not None:
+        bops = djpq_bops
+    label = "original dense (before DJPQ channel removal)" if removed or djpq_bops is not None else "graph"
+    return int(bits), int(bops), label
+
+
 def estimate(bundle, boards: Iterable | str | None = "all", strategies: Mapping | None = None,
              board_dirs=None) -> Estimate:
     """Estimate ``bundle`` (a :class:`~qsp.bundle.Bundle` or a path) for ``boards`` ("all",
@@ -356,17 +388,18 @@ def estimate(bundle, boards: Iterable | str | None = "all", strategies: Mapping 
     fp, ffp = footprint(bundle), float_footprint(bundle)
     wl = [le for le in layers if le.weight_storage]
     al = [le for le in layers if le.activation_storage]
+    float_bits, bops_float, baseline = original_float_baseline(bundle, ffp, wl)
     totals = Totals(
         params=sum(le.params for le in wl), weights=sum(le.weights for le in wl), nonzeros=sum(le.nonzeros for le in wl),
         macs_dense=sum(le.macs_dense for le in wl), macs=sum(le.macs for le in wl), bops=sum(le.bops for le in wl),
-        bops_dense=sum(le.bops_dense for le in wl), bops_float=sum(le.bops_float for le in wl),
+        bops_dense=sum(le.bops_dense for le in wl), bops_float=bops_float,
         weight_bits_dense=sum(le.weight_storage.dense_bits for le in wl),
         weight_bits_sparse=sum(le.weight_storage.sparse_bits for le in wl),
         bias_bits=sum(le.biases * le.bias_bits for le in wl),
         activation_bits_dense=sum(le.activation_storage.dense_bits for le in al),
         activation_bits_sparse=sum(le.activation_storage.sparse_bits for le in al),
         footprint_bits=fp.total_bits, footprint_weight_bits=fp.weight_bits,
-        footprint_activation_bits=fp.activation_bits, float_footprint_bits=ffp.total_bits)
+        footprint_activation_bits=fp.activation_bits, float_footprint_bits=float_bits, float_baseline=baseline)
     if boards is None:
         blist = []
     elif isinstance(boards, str):
