@@ -1,6 +1,8 @@
 """qsp-compile: bundle -> hls4ml project, verified bit-exact by emulation, onnxruntime,
 hls4ml predict and the standalone g++ testbench. Compiled projects are shared per session
-(each hls4ml compile is several seconds of g++)."""
+(each C++ build is several seconds of g++): six builds in all, each compiling the firmware
+once; the standalone testbench is built where it is the point (the three MLP/CNN fixtures)
+and left out where only the firmware's values are (rounding modes, the mutation)."""
 from __future__ import annotations
 
 import dataclasses
@@ -27,11 +29,15 @@ from qsp.compile.precision import derive  # noqa: E402
 from qsp.verify.emulate import emulate  # noqa: E402
 
 
-def _assert_exact(res, n_inputs, n_out):
+ALL_PATHS = {"onnxruntime", "hls4ml_predict", "csim_testbench"}
+
+
+def _assert_exact(res, n_inputs, n_out, paths=ALL_PATHS):
     rep = res.report
     assert rep.inputs == n_inputs
     names = {p.path: p for p in rep.paths}
-    assert set(names) == {"onnxruntime", "hls4ml_predict", "csim_testbench"}
+    assert set(names) == set(paths)
+    assert (res.project / "csim_tb").exists() == ("csim_testbench" in paths)
     for p in rep.paths:
         assert p.ran, p
         assert p.outputs_compared == n_inputs * n_out
@@ -85,6 +91,13 @@ def test_mlp_io_parallel_exact(mlp_parallel):
     assert (mlp_parallel.accelerator_project / "axi_stream_driver.py").exists()
     # the standalone testbench printed full precision
     assert "fout.precision(17)" in (mlp_parallel.project / "myproject_test.cpp").read_text()
+    # built once: qsp's build_lib.sh linked one firmware object into hls4ml's library and csim_tb
+    prj = mlp_parallel.project
+    script = (prj / "build_lib.sh").read_text()
+    assert "Written by qsp-compile" in script and script.count("-c firmware/${PROJECT}.cpp") == 1
+    stamp = mlp_parallel.hls_model.config.get_config_value("Stamp")
+    assert [f.name for f in (prj / "firmware").glob("*.so")] == [f"myproject-{stamp}.so"]
+    assert not list(prj.glob("*.o")) and not list(prj.glob("qsp_obj.*"))
 
 
 def test_mlp_io_stream_unfolded_masks_exact(mlp_stream_unfolded):
@@ -117,8 +130,8 @@ def test_every_rounding_mode_and_depth_to_space(tmp_path):
                                                    format=dataclasses.replace(b.graph[0].format, bits=10, signed=True,
                                                                               rounding="zero")))
     assert {n.format.rounding for n in b.graph if n.op == "quantize"} == {"floor", "nearest", "zero"}
-    res = compile_bundle(b, tmp_path / "sr", CompileOptions())
-    _assert_exact(res, 16, 144)
+    res = compile_bundle(b, tmp_path / "sr", CompileOptions(testbench=False))  # firmware values: predict
+    _assert_exact(res, 16, 144, paths={"onnxruntime", "hls4ml_predict"})
     types = " ".join(lp.result_type() for lp in [res.plan.input] + res.plan.layers)
     for mode in ("AP_TRN,", "AP_RND,", "AP_TRN_ZERO,"):
         assert mode in types
@@ -132,7 +145,7 @@ def test_mutation_narrow_result_names_layer(cnn_bundle, tmp_path):
     f = plan.by_name()["conv2"].result
     narrow = f"ap_ufixed<{f.bits - 3},{f.integer - 3},AP_RND_CONV,AP_SAT>"  # 3 integer bits fewer
     with pytest.raises(VerificationError) as ei:
-        compile_bundle(cnn_bundle, tmp_path / "mut", CompileOptions(), result_overrides={"conv2": narrow})
+        compile_bundle(cnn_bundle, tmp_path / "mut", CompileOptions(testbench=False), result_overrides={"conv2": narrow})
     rep = ei.value.report
     assert rep.first_diverging_layer == "conv2"
     assert "conv2" in str(ei.value)
@@ -140,9 +153,30 @@ def test_mutation_narrow_result_names_layer(cnn_bundle, tmp_path):
     assert per["conv1"].mismatches == 0 and per["conv2"].mismatches > 0
     v = json.loads((tmp_path / "mut" / "verify.json").read_text())
     assert v["first_diverging_layer"] == "conv2" and v["mismatches"] > 0
+    # the trace project was built once, by qsp's script (hls4ml's trace() would have rebuilt
+    # it with its own, rewriting build_lib.sh)
+    assert "Written by qsp-compile" in (tmp_path / "mut" / "hls4ml_prj_trace" / "build_lib.sh").read_text()
 
 
 # ------------------------------------------------------------------ no C++ below
+def test_build_script_parse_and_fallback(tmp_path):
+    """qsp's build-once script is written only over the build_lib.sh layout it knows."""
+    from pathlib import Path
+
+    import hls4ml
+
+    from qsp.compile import csim
+
+    tmpl = (Path(hls4ml.__file__).parent / "templates/vivado/build_lib.sh").read_text()
+    got = csim.parse_build_script(tmpl.replace("myproject", "prj").replace("mystamp", "1a2b3c4d"))
+    assert got == csim.HlsBuildScript('-Ifirmware/ap_types/', "", "prj", "1a2b3c4d")
+    assert csim.parse_build_script("#!/bin/bash\nmake\n") is None
+    (tmp_path / "build_lib.sh").write_text("#!/bin/bash\nmake\n")
+    assert csim.write_build_script(tmp_path, "myproject") is False  # left alone: the caller falls back
+    assert (tmp_path / "build_lib.sh").read_text() == "#!/bin/bash\nmake\n"
+    assert csim.cxx_flags(1).startswith("-O1 -fPIC")
+
+
 def test_transforms_exact_and_remove_channels():
     for kind in ("mlp", "cnn"):
         b = build_bundle(kind)

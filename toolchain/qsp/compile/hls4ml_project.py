@@ -45,6 +45,10 @@ class CompileOptions:
     dsp_budget: int | None = None  # the board's DSP count (auto strategy)
     project_name: str = "myproject"
     trace: bool = True  # compile per-layer trace hooks (for the mismatch report)
+    #: build and run the standalone g++ testbench as the third verification path
+    testbench: bool = True
+    #: g++ -O level of the C simulation builds (results do not depend on it; see csim.py)
+    cxx_opt_level: int = 1
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -55,6 +59,8 @@ class CompileOptions:
             raise ConfigError(f"--strategy {self.strategy!r}: choose one of {list(STRATEGIES)}")
         if self.strategy == "distributed_arithmetic" and not da4ml_available():
             raise ConfigError("--strategy distributed_arithmetic needs da4ml: pip install 'hls4ml[da]==1.3.0'")
+        if self.cxx_opt_level not in (0, 1, 2, 3):
+            raise ConfigError(f"C++ optimisation level {self.cxx_opt_level!r}: choose one of 0, 1, 2, 3")
 
 
 @dataclass

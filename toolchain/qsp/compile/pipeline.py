@@ -1,5 +1,6 @@
 """qsp-compile's pipeline: bundle -> transforms -> precision plan -> deploy model ->
-hls4ml project -> compile + standalone csim -> three-way verification."""
+hls4ml project -> one C++ build (hls4ml's library + the standalone testbench) -> three-way
+verification."""
 from __future__ import annotations
 
 import json
@@ -110,13 +111,11 @@ def compile_bundle(bundle, out, opts: CompileOptions | None = None, steps=transf
     if not verify:
         return res
 
-    # ---- build: hls4ml's shared library and the standalone testbench, side by side
+    # ---- build once: firmware object -> hls4ml's library + the standalone testbench
     t0 = time.perf_counter()
-    say("building: hls4ml compile() and the standalone g++ testbench (in parallel) ...")
-    tb_proc = csim.start_build(project, opts.project_name)
-    build_library(hm)
-    t["hls4ml_compile_s"] = time.perf_counter() - t0
-    csim.finish_build(tb_proc, project)
+    tb = opts.testbench
+    say("building: hls4ml's library" + (" and the standalone testbench (one firmware object)" if tb else "") + " ...")
+    build(hm, project, opts)
     t["build_s"] = time.perf_counter() - t0
     say(f"built in {t['build_s']:.1f} s")
 
@@ -124,11 +123,13 @@ def compile_bundle(bundle, out, opts: CompileOptions | None = None, steps=transf
     xin = x.reshape(len(x), -1).astype(np.float64)
     pred = np.asarray(hm.predict(xin), np.float64).reshape(len(x), -1)
     t["predict_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    n_out = int(np.prod(ref.shape[1:]))
-    say(f"running the standalone csim over {len(x)} inputs ...")
-    tb = csim.run(project, n_out, say)
-    t["csim_s"] = time.perf_counter() - t0
+    tb_out_vals = None
+    if tb:
+        t0 = time.perf_counter()
+        n_out = int(np.prod(ref.shape[1:]))
+        say(f"running the standalone csim over {len(x)} inputs ...")
+        tb_out_vals = csim.run(project, n_out, say)
+        t["csim_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     onnx_out, onnx_note = None, ""
@@ -142,9 +143,10 @@ def compile_bundle(bundle, out, opts: CompileOptions | None = None, steps=transf
     t["onnx_s"] = time.perf_counter() - t0
 
     rep = VerifyReport(len(x), transforms=log)
-    rep.paths = [compare("onnxruntime", ref, onnx_out, onnx_note), compare("hls4ml_predict", ref, pred),
-                 compare("csim_testbench", ref, tb)]
-    rep.metric = task_metric(b.qspec.task, tb, ref.shape, y)
+    rep.paths = [compare("onnxruntime", ref, onnx_out, onnx_note), compare("hls4ml_predict", ref, pred)]
+    if tb:
+        rep.paths.append(compare("csim_testbench", ref, tb_out_vals))
+    rep.metric = task_metric(b.qspec.task, tb_out_vals if tb else pred, ref.shape, y)
     if b.qspec.task.metric == "accuracy" and y is not None:
         rep.metric["reference"] = float(np.mean(ref.reshape(len(ref), -1).argmax(1) == np.asarray(y).reshape(-1)))
     res.report = rep
@@ -160,9 +162,31 @@ def compile_bundle(bundle, out, opts: CompileOptions | None = None, steps=transf
     return res
 
 
+def build(hm, project: Path, opts: CompileOptions) -> None:
+    """Build hls4ml's ctypes library and (``opts.testbench``) the standalone testbench from
+    ONE compile of the firmware: qsp's build_lib.sh (csim.write_build_script), run and
+    loaded by hls4ml's own ``_compile()``. For a build_lib.sh layout qsp does not know, the
+    testbench is built separately beside hls4ml's script."""
+    from ..errors import QspError
+
+    once = csim.write_build_script(project, opts.project_name, opts.testbench, opts.cxx_opt_level)
+    tb_proc = csim.start_build(project, opts.project_name, opts.cxx_opt_level) if opts.testbench and not once else None
+    try:
+        build_library(hm)
+    except Exception as e:  # hls4ml raises a bare Exception (and prints g++'s output)
+        if tb_proc is not None:
+            tb_proc.kill()
+            tb_proc.wait()
+        raise QspError(f"the C++ build in {project} failed ({e}); rerun {project}/build_lib.sh to see g++'s errors") from e
+    if tb_proc is not None:
+        csim.finish_build(tb_proc, project)
+    if opts.testbench and not (project / "csim_tb").exists():
+        raise QspError(f"{project}/build_lib.sh did not produce the standalone testbench csim_tb")
+
+
 def build_library(hm) -> None:
     """hls4ml's compile() without its second write() of the project (convert() has written
-    it; rewriting it would race with the testbench build reading the same files)."""
+    it, and qsp's build_lib.sh replaces hls4ml's)."""
     if hasattr(hm, "_compile"):
         hm._compile()
     else:  # another hls4ml version
@@ -179,7 +203,16 @@ def _trace_report(rep: VerifyReport, model, tx, plan, cfg, opts, out: Path, x) -
         tcfg["LayerName"][name]["Trace"] = True
     d = clean_dir(out / (PROJECT_DIR + "_trace"))
     hm = convert(model, tx, tcfg, opts, d)
-    hm.compile()
-    _, trace = hm.trace(x.reshape(len(x), -1).astype(np.float64))
+    # hls4ml's trace() rewrites the project with the trace hooks and compiles it (again, at
+    # -O3, with hls4ml's script); qsp writes it with the hooks and builds it once instead.
+    hm.config.trace_output = True
+    hm.write()
+    if csim.write_build_script(d, opts.project_name, testbench=False, opt_level=opts.cxx_opt_level):
+        build_library(hm)
+        hm.compile = lambda: None  # built with the hooks just now: trace() needs no rebuild
+    try:
+        _, trace = hm.trace(x.reshape(len(x), -1).astype(np.float64))
+    finally:
+        hm.__dict__.pop("compile", None)
     emu = emulate(tx, x, trace=True)
     rep.layers, rep.first_diverging_layer = layer_report(plan, trace, emu)
