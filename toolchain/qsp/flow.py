@@ -54,6 +54,13 @@ def main(argv=None) -> int:
 
     if _stage("compile + csim verify", compile_cli.main, [str(bundle), "--board", a.board, "--out", str(out / "hls")]):
         return 1
+    accel = out / "hls" / "accelerator_prj"
+    if accel.exists():  # boards hls4ml's VivadoAccelerator knows (pynq-z2, zcu102, alveo-*)
+        from . import deploy
+
+        if _stage("deploy package", deploy.main, [str(bundle), "--board", a.board, "--project", str(accel),
+                                                  "--out", str(out / "deploy")]):
+            return 1
     if not a.skip_estimate:
         from .estimate import cli as estimate_cli
 
@@ -66,6 +73,8 @@ def main(argv=None) -> int:
     print(f"verify:   {out / 'hls' / 'verify.json'} -> {json.dumps(verify.get('summary', verify))[:300]}")
     if not a.skip_estimate:
         print(f"report:   {out / 'estimate' / 'report.html'}")
+    if accel.exists():
+        print(f"deploy:   {out / 'deploy'}")
     return 0
 
 
