@@ -41,22 +41,23 @@ def _log(msg: str) -> None:
 def run(a) -> int:
     from ..boards import get_board
     from . import transforms
-    from .hls4ml_project import CompileOptions, choose_strategies
+    from .hls4ml_project import CompileOptions, plan_strategies
     from .pipeline import compile_bundle, prepare
 
     board = get_board(a.board)
     steps = () if a.no_transforms else transforms.DEFAULT_STEPS
     opts = CompileOptions(backend=a.backend, io_type=a.io_type, strategy=a.strategy, part=board.part,
-                          clock_period_ns=round(1000.0 / board.clock_mhz, 3), dsp_budget=board.dsp)
+                          clock_period_ns=round(1000.0 / board.clock_mhz, 3), dsp_budget=board.dsp, board=board)
     if a.dry_run:
         b, tx, log, plan = prepare(a.bundle, steps)
         for line in log:
             print(line)
         print(f"board {board.name}: part {board.part}, {board.clock_mhz:g} MHz; backend {opts.backend}, {opts.io_type}")
         print(plan.table())
-        strat = choose_strategies(tx, plan, opts)
-        for name, s in strat.items():
-            print(f"  {name}: {s.strategy} (ReuseFactor {s.reuse_factor}) - {s.why}")
+        splan = plan_strategies(tx, plan, opts)
+        print("\n".join(splan.lines()))
+        if splan.warning:
+            print(f"WARNING: {splan.warning}")
         return 0
     out = Path(a.out) if a.out else Path(a.bundle).resolve().parent / "hls"
     t0 = time.perf_counter()
@@ -88,7 +89,7 @@ def _estimate_summary(bundle, board, res) -> None:
     except ImportError:
         return
     try:
-        print(summary_for_board(bundle, board, strategies=res.strategies or None))
+        print(summary_for_board(bundle, board, strategies=res.strategies or None, hardware=res.graph))
     except QspError as e:
         _log(f"estimate unavailable: {e}")
 

@@ -1,6 +1,7 @@
 """Deploy model + precision plan -> hls4ml project (config, convert, write, compile).
 
-Strategy per Dense/Conv layer, by ``--strategy`` or automatically (``auto``):
+Strategy per Dense/Conv layer, by ``--strategy`` or automatically (``auto``), first by a
+fixed rule (:func:`rule_strategies`):
 
 * ``distributed_arithmetic`` when ``da4ml`` is importable (weights become a shift-add graph;
   a pruned weight costs nothing; bit-exact);
@@ -10,6 +11,12 @@ Strategy per Dense/Conv layer, by ``--strategy`` or automatically (``auto``):
 * every other layer: ``Latency`` (fully parallel), or ``Resource`` with the smallest valid
   reuse factor that brings the layer's multipliers under the board's DSP count when the
   board is known and the layer alone would exceed it.
+
+Then, with a board, by its budget (:func:`plan_strategies`): the estimator
+(:func:`qsp.estimate.fit_plan`) checks the rule's plan on the graph as built; if it does not
+fit and the estimator has a plan that does, that plan is compiled; if none fits, the rule's
+plan is compiled with a warning. Reuse factors always come from
+:func:`qsp.estimate.smallest_valid_reuse` (the values hls4ml accepts).
 """
 from __future__ import annotations
 
@@ -42,7 +49,10 @@ class CompileOptions:
     strategy: str = "auto"
     part: str | None = None
     clock_period_ns: float | None = None
-    dsp_budget: int | None = None  # the board's DSP count (auto strategy)
+    dsp_budget: int | None = None  # the board's DSP count (auto strategy); board.dsp when a board is given
+    #: the target board (a qsp.boards.Board or its name): --strategy auto then picks a plan
+    #: the estimator says fits it (see plan_strategies)
+    board: object = None
     project_name: str = "myproject"
     trace: bool = True  # compile per-layer trace hooks (for the mismatch report)
     #: build and run the standalone g++ testbench as the third verification path
@@ -59,6 +69,12 @@ class CompileOptions:
             raise ConfigError(f"--strategy {self.strategy!r}: choose one of {list(STRATEGIES)}")
         if self.strategy == "distributed_arithmetic" and not da4ml_available():
             raise ConfigError("--strategy distributed_arithmetic needs da4ml: pip install 'hls4ml[da]==1.3.0'")
+        if isinstance(self.board, str):
+            from ..boards import get_board
+
+            self.board = get_board(self.board)
+        if self.board is not None and self.dsp_budget is None:
+            self.dsp_budget = self.board.dsp
         if self.cxx_opt_level not in (0, 1, 2, 3):
             raise ConfigError(f"C++ optimisation level {self.cxx_opt_level!r}: choose one of 0, 1, 2, 3")
 
@@ -71,32 +87,32 @@ class LayerStrategy:
 
 
 def _valid_reuse(n_in: int, n_out: int, start: int) -> int:
-    """Smallest reuse factor >= start that hls4ml accepts for an n_in x n_out Dense
-    (it must divide n_in*n_out and satisfy hls4ml's in/out divisibility rule)."""
-    total = n_in * n_out
-    for rf in range(max(1, start), total + 1):
-        if total % rf:
-            continue
-        if rf <= n_in and n_in % rf == 0 or rf >= n_in and rf % n_in == 0:
-            return rf
-    return total
+    """Smallest reuse factor >= start that hls4ml accepts for an n_in x n_out kernel (the
+    estimator's rule, :func:`qsp.estimate.smallest_valid_reuse`)."""
+    from ..estimate.resources import smallest_valid_reuse
+
+    return smallest_valid_reuse(n_in, n_out, max(1, start))
 
 
-def choose_strategies(bundle, plan: PrecisionPlan, opts: CompileOptions) -> dict[str, LayerStrategy]:
-    nodes = {n.name: n for n in bundle.graph}
+def _kernel_size(bundle, lp) -> tuple[int, int]:
+    n = next(n for n in bundle.graph if n.name == lp.name)
+    if lp.op == "linear":
+        return n.in_features, n.out_features
+    w = bundle.weight(n.name)
+    return int(np.prod(w.shape[1:])), n.out_channels
+
+
+def rule_strategies(bundle, plan: PrecisionPlan, opts: CompileOptions) -> dict[str, LayerStrategy]:
+    """The fixed per-layer rule (``--strategy auto``, before the board check) or the forced
+    ``--strategy``."""
     out: dict[str, LayerStrategy] = {}
     for lp in plan.layers:
         if lp.op not in ("linear", "conv2d"):
             continue
-        n = nodes[lp.name]
-        w = bundle.weight(n.name)
-        if lp.op == "linear":
-            n_in, n_out = n.in_features, n.out_features
-            mults = int(np.count_nonzero(w))
-        else:
-            n_in, n_out = int(np.prod(w.shape[1:])), n.out_channels
-            mults = int(np.count_nonzero(w))
-        sparsity = 1.0 - np.count_nonzero(w) / max(w.size, 1)
+        w = bundle.weight(lp.name)
+        n_in, n_out = _kernel_size(bundle, lp)
+        mults = int(np.count_nonzero(w))
+        sparsity = 1.0 - mults / max(w.size, 1)
         s = opts.strategy
         if s == "auto":
             if da4ml_available():
@@ -108,7 +124,7 @@ def choose_strategies(bundle, plan: PrecisionPlan, opts: CompileOptions) -> dict
                 rf = _valid_reuse(n_in, n_out, -(-mults // opts.dsp_budget))
                 out[lp.name] = LayerStrategy("Resource", rf, f"{mults} multipliers > {opts.dsp_budget} DSPs")
             else:
-                out[lp.name] = LayerStrategy("Latency", 1, "fits: fully parallel")
+                out[lp.name] = LayerStrategy("Latency", 1, "fully parallel")
         elif s == "resource_unrolled":
             if lp.op != "linear":
                 out[lp.name] = LayerStrategy("Latency", 1, "resource_unrolled is Dense-only in hls4ml")
@@ -119,6 +135,80 @@ def choose_strategies(bundle, plan: PrecisionPlan, opts: CompileOptions) -> dict
         else:
             out[lp.name] = LayerStrategy(s, 1, "--strategy")
     return out
+
+
+@dataclass
+class StrategyPlan:
+    """The per-layer strategies qsp-compile builds, and what the estimator says of them."""
+
+    layers: dict[str, LayerStrategy]
+    source: str  # "rule" | "estimator" | "--strategy"
+    board: str | None = None
+    verdict: str | None = None  # the estimator's verdict for ``layers`` on ``board``
+    binding: str | None = None
+    utilization: float | None = None  # of the binding resource, for ``layers``
+    note: str = ""  # why this plan (one line)
+    warning: str | None = None  # set when no plan the estimator knows fits the board
+
+    def lines(self) -> list[str]:
+        head = f"strategy ({self.source}"
+        head += f", {self.board}: {self.verdict}, binding {self.binding} {self.utilization:.1%})" if self.board else ")"
+        out = [head + (f": {self.note}" if self.note else "")]
+        for name, s in self.layers.items():
+            out.append(f"  {name:<10} {s.strategy:<22} ReuseFactor {s.reuse_factor:<5} {s.why}")
+        return out
+
+
+def _usage(be, plan) -> tuple[str, float]:
+    u = plan.utilization(be.board)
+    k = max(u, key=u.get)
+    return k, u[k]
+
+
+def plan_strategies(bundle, plan: PrecisionPlan, opts: CompileOptions) -> StrategyPlan:
+    """Strategies for ``bundle`` (the graph as it will be built, after qsp's transforms).
+
+    ``--strategy auto`` with a board: the fixed rule's plan is checked with the estimator
+    (:func:`qsp.estimate.fit_plan`); when it does not fit the board and the estimator has a
+    plan that does ("fits with another strategy"), that plan (per-layer strategy and reuse
+    factor, valid for hls4ml) is taken instead; when nothing fits, the rule's plan is kept
+    and ``warning`` names the binding resource and the board. The estimator models
+    io_parallel: with io_stream the rule's plan is only checked, never replaced."""
+    rule = rule_strategies(bundle, plan, opts)
+    if opts.strategy != "auto":
+        return StrategyPlan(rule, "--strategy")
+    if opts.board is None or not rule:
+        return StrategyPlan(rule, "rule")
+    from ..estimate import fit_plan
+
+    be = fit_plan(bundle, opts.board, rule)
+    name = be.board.name
+    k, u = _usage(be, be.plan)
+    if be.verdict == "fits":
+        return StrategyPlan(rule, "rule", name, "fits", k, u, "the rule's plan fits the board")
+    if be.verdict == "fits with another strategy" and opts.io_type == "io_parallel":
+        alt = be.alternative
+        ka, ua = _usage(be, alt)
+        why = f"rule's plan needs {k} {u:.0%}"
+        layers = {n: LayerStrategy(s.strategy, s.reuse_factor, f"{why}: estimator's '{alt.label}'")
+                  for n, s in alt.strategies.items()}
+        return StrategyPlan(layers, "estimator", name, "fits", ka, ua,
+                            f"the rule's plan needs {k} {u:.1%} of {name}; "
+                            f"the estimator's plan '{alt.label}' fits")
+    least = be.alternative or be.plan
+    kl, ul = _usage(be, least)
+    warn = (f"no strategy plan the estimator knows fits {name}: the rule's plan needs {k} {u:.1%}, "
+            f"the least bad ('{least.label}') {kl} {ul:.1%}; compiling the rule's plan anyway "
+            "(C simulation is still valid)")
+    if be.verdict == "fits with another strategy":  # io_stream: not replaced
+        warn = (f"the rule's plan needs {k} {u:.1%} of {name}; the estimator's plan '{be.alternative.label}' "
+                f"fits in io_parallel, but its model does not cover {opts.io_type}: rule's plan kept")
+    return StrategyPlan(rule, "rule", name, "does not fit", k, u, "", warn)
+
+
+def choose_strategies(bundle, plan: PrecisionPlan, opts: CompileOptions) -> dict[str, LayerStrategy]:
+    """Per-layer strategies (see :func:`plan_strategies`)."""
+    return plan_strategies(bundle, plan, opts).layers
 
 
 def hls_config(model, bundle, plan: PrecisionPlan, opts: CompileOptions, strategies=None) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 from ..bundle.io import Bundle
 from ..errors import BundleError, VerificationError
 from . import csim, transforms
-from .hls4ml_project import CompileOptions, choose_strategies, clean_dir, convert, hls_config, yaml_config
+from .hls4ml_project import CompileOptions, clean_dir, convert, hls_config, plan_strategies, yaml_config
 from .precision import PrecisionPlan, derive
 from .verify import VerifyReport, compare, layer_report, task_metric, to_hls_layout
 
@@ -32,6 +32,8 @@ class CompileResult:
     accelerator_project: Path | None = None
     hls_model: object = None
     strategies: dict = field(default_factory=dict)
+    strategy_plan: object = None  # hls4ml_project.StrategyPlan: the plan compiled and why
+    graph: Bundle | None = None  # the transformed graph that was compiled
 
 
 def _load(bundle) -> Bundle:
@@ -83,14 +85,19 @@ def compile_bundle(bundle, out, opts: CompileOptions | None = None, steps=transf
 
     # ---- the hls4ml project
     t0 = time.perf_counter()
-    strategies = choose_strategies(tx, plan, opts)
+    splan = plan_strategies(tx, plan, opts)
+    strategies = splan.layers
+    say(splan.lines()[0])
+    if splan.warning:
+        say(f"WARNING: {splan.warning}")
     cfg = hls_config(model, tx, plan, opts, strategies)
     for name, typ in (result_overrides or {}).items():
         cfg["LayerName"][name]["Precision"]["result"] = typ
     import yaml
 
     (out / "hls4ml_config.yaml").write_text(yaml.safe_dump(yaml_config(cfg, opts, plan.input_shape), sort_keys=False))
-    (out / "precision.txt").write_text(plan.table() + "\n")
+    (out / "precision.txt").write_text(plan.table() + "\n" + "\n".join(splan.lines()) + "\n"
+                                       + (f"WARNING: {splan.warning}\n" if splan.warning else ""))
     tb_dir = out / "tb_src"
     tb_in = csim.write_dat(tb_dir / "tb_input_features.dat", x.reshape((len(x),) + tuple(plan.input_shape)),
                            np.float32)
@@ -99,7 +106,8 @@ def compile_bundle(bundle, out, opts: CompileOptions | None = None, steps=transf
     say("converting with hls4ml's PyTorch frontend ...")
     hm = convert(model, tx, cfg, opts, project, tb_input=tb_in, tb_output=tb_out)
     t["convert_s"] = time.perf_counter() - t0
-    res = CompileResult(out, plan, None, t, log, project, hls_model=hm, strategies=strategies)
+    res = CompileResult(out, plan, None, t, log, project, hls_model=hm, strategies=strategies, strategy_plan=splan,
+                        graph=tx)
 
     accel = accelerator_board
     if accel:

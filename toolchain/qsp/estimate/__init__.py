@@ -1,10 +1,10 @@
 """Estimates in seconds, without a vendor tool: footprint, MACs/BOPs, FPGA resources per
 strategy, latency, energy and a fit verdict per board (see docs/estimate.md)."""
 from .core import (BoardEstimate, Estimate, LayerEstimate, Plan, Storage, Totals, default_strategies, estimate,
-                   strategies_from_project, summary_for_board)
+                   fit_plan, strategies_from_project, summary_for_board)
 from .counts import count_graph, csd_digits
-from .resources import LayerStrategy, Resources, valid_reuse_factors
+from .resources import LayerStrategy, Resources, smallest_valid_reuse, valid_reuse_factors
 
 __all__ = ["estimate", "summary_for_board", "Estimate", "BoardEstimate", "LayerEstimate", "Plan", "Storage",
-           "Totals", "default_strategies", "strategies_from_project", "count_graph", "csd_digits",
-           "LayerStrategy", "Resources", "valid_reuse_factors"]
+           "Totals", "default_strategies", "fit_plan", "strategies_from_project", "count_graph", "csd_digits",
+           "LayerStrategy", "Resources", "valid_reuse_factors", "smallest_valid_reuse"]

@@ -7,7 +7,7 @@ short text the compiler prints.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -17,8 +17,8 @@ from ..bundle.footprint import float_footprint, footprint
 from ..fixedpoint import ceil_log2
 from . import energy as E
 from .counts import FLOAT_BITS, GraphCounts, NodeCounts, count_graph
-from .resources import (STRATEGIES, LayerStrategy, Resources, dsps_per_multiply, layer_resources, uses_dsp,
-                        valid_reuse_factors)
+from .resources import (STRATEGIES, LayerStrategy, Resources, dsps_per_multiply, layer_resources,
+                        smallest_valid_reuse, uses_dsp, valid_reuse_factors)
 
 #: weight sparsity from which a Dense layer gets resource_unrolled by default (as qsp-compile's auto)
 SPARSE_RU = 0.5
@@ -197,8 +197,7 @@ def _fan(n: NodeCounts) -> tuple[int, int]:
 
 
 def _smallest_reuse(n: NodeCounts, at_least: int) -> int:
-    rfs = valid_reuse_factors(*_fan(n))
-    return next((r for r in rfs if r >= at_least), rfs[-1])
+    return smallest_valid_reuse(*_fan(n), at_least)
 
 
 def default_strategies(counts: GraphCounts, board: Board | None) -> dict[str, LayerStrategy]:
@@ -295,6 +294,17 @@ def estimate_board(counts: GraphCounts, layers: list[LayerEstimate], board: Boar
         return BoardEstimate(board, "fits with another strategy", _binding(best, board), plan, best, e, e32)
     least = min(alts + [plan], key=lambda p: _max_util(p, board))
     return BoardEstimate(board, "does not fit", _binding(least, board), plan, None if least is plan else least, e, e32)
+
+
+def fit_plan(graph, board, strategies: Mapping | None = None) -> BoardEstimate:
+    """The estimator's verdict for one strategy plan on one board, for ``graph`` as it will be
+    built (a :class:`~qsp.bundle.Bundle`, e.g. qsp-compile's transformed graph): ``plan`` is
+    ``strategies`` (the compiler's default rule when None), and when it does not fit,
+    ``alternative`` is the plan the estimator proposes (verdict "fits with another
+    strategy") or the least bad one ("does not fit")."""
+    counts = count_graph(graph)
+    b = board if isinstance(board, Board) else get_board(board)
+    return estimate_board(counts, [_layer(n) for n in counts.nodes], b, strategies)
 
 
 # ----------------------------------------------------------------------------- the estimate
@@ -445,15 +455,22 @@ def _fmt_pj(p: float) -> str:
     return f"{p:.1f} pJ"
 
 
-def summary_for_board(bundle_or_estimate, board, strategies=None) -> str:
+def summary_for_board(bundle_or_estimate, board, strategies=None, hardware=None) -> str:
     """A few lines for one board: verdict, resources, latency, footprint, BOPs, energy, each
-    next to the float32 dense baseline."""
+    next to the float32 dense baseline.
+
+    ``hardware``: the graph actually built (qsp-compile's transformed bundle: masks folded,
+    dead features removed); verdict, resources and latency are then those of ``strategies``
+    on it, while footprint, BOPs and energy stay those of the bundle as trained."""
     est = bundle_or_estimate
     if not isinstance(est, Estimate):
-        est = estimate(est, [board], strategies)
+        est = estimate(est, [board], None if hardware is not None else strategies)
     be = next((b for b in est.boards if b.board.name == get_board(board).name), None)
     if be is None:
         be = estimate_board(count_graph(_bundle_of(est)), est.layers, get_board(board), strategies)
+    if hardware is not None:
+        hw = fit_plan(hardware, be.board, strategies)
+        be = replace(hw, energy=be.energy, energy_float=be.energy_float)
     t = est.totals
     u = be.shown.utilization(be.board)
     r = be.shown.total

@@ -106,6 +106,14 @@ def valid_reuse_factors(n_in: int, n_out: int) -> list[int]:
     return list(_valid_reuse(int(n_in), int(n_out)))
 
 
+def smallest_valid_reuse(n_in: int, n_out: int, at_least: int) -> int:
+    """The smallest reuse factor >= ``at_least`` that hls4ml accepts for an ``n_in x n_out``
+    kernel (``n_in * n_out`` itself, always valid, when none is). The one rule used by both
+    the estimator and qsp-compile."""
+    rfs = _valid_reuse(int(n_in), int(n_out))
+    return next((r for r in rfs if r >= at_least), rfs[-1])
+
+
 @lru_cache(maxsize=256)
 def _valid_reuse(n_in: int, n_out: int) -> tuple[int, ...]:
     total = n_in * n_out
