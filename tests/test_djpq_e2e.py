@@ -3,7 +3,6 @@ pruned channels removed; qsp-compile turns it into an hls4ml project that verifi
 (emulation = onnxruntime = hls4ml csim = standalone testbench)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

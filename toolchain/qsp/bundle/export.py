@@ -6,7 +6,6 @@ walked in order; each leaf becomes zero or one node.
 """
 from __future__ import annotations
 
-from typing import Callable
 
 import numpy as np
 import torch
@@ -15,30 +14,24 @@ from torch import nn
 from .. import __version__
 from ..errors import BundleError, UnsupportedLayerError
 from ..nn import ActivationPruner, QLayer, Quantizer
+from ..registry import Registry
 from .io import Bundle
 from .schema import (AvgPool2dNode, Conv2dNode, FlattenNode, LinearNode, MaskNode,
                      MaxPool2dNode, ModelRef, PixelShuffleNode, QSpec, QuantNode, ReluNode,
                      TaskInfo, WeightFormat)
 
-_HANDLERS: dict[type, Callable] = {}
+_HANDLERS = Registry("bundle exporter")
 #: modules that are the identity at inference
 SKIP = (nn.Dropout, nn.Dropout2d, nn.Identity)
 
 
 def exporter(*types):
     """Register ``fn(ctx, name, module, in_shape, out_shape) -> Node | None``."""
-    def deco(fn):
-        for t in types:
-            _HANDLERS[t] = fn
-        return fn
-    return deco
+    return _HANDLERS.register(*types)
 
 
 def _handler(mod):
-    for t in type(mod).__mro__:
-        if t in _HANDLERS:
-            return _HANDLERS[t]
-    return None
+    return _HANDLERS.for_type(mod)
 
 
 class _Ctx:

@@ -17,7 +17,7 @@ See docs/bundle.md.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from ..errors import BundleError
 from ..fixedpoint import FixedFormat

@@ -8,7 +8,6 @@ standalone one, which becomes a ``QspRequant``.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
 
 import numpy as np
 import torch
@@ -17,16 +16,10 @@ from torch import nn
 from ..bundle.schema import QuantNode
 from ..errors import UnsupportedLayerError
 from .precision import PrecisionPlan
+from ..registry import Registry
 
-_BUILDERS: dict[str, Callable] = {}
-
-
-def builds(*ops):
-    def deco(fn):
-        for op in ops:
-            _BUILDERS[op] = fn
-        return fn
-    return deco
+_BUILDERS = Registry("deploy-model builder")
+builds = _BUILDERS.register
 
 
 def _param(a) -> nn.Parameter:

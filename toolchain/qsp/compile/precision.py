@@ -32,6 +32,7 @@ import numpy as np
 from ..bundle.schema import Node, QuantNode
 from ..errors import BundleError, UnsupportedLayerError
 from ..fixedpoint import FixedFormat, accumulator_format, ceil_log2, widen_to_cover
+from ..registry import Registry
 
 #: ops that quantization commutes with (monotone, 0 -> 0, elementwise or a selection)
 COMMUTING = {"relu", "mask", "maxpool2d", "flatten", "pixel_shuffle"}
@@ -143,15 +144,8 @@ def _hoist_targets(graph: list[Node]) -> dict[int, tuple[FixedFormat, str]]:
 
 # ---------------------------------------------------------------------------- handlers
 Handler = Callable[["_State", Node, "FixedFormat | None"], LayerPrecision]
-_HANDLERS: dict[str, Handler] = {}
-
-
-def handles(*ops):
-    def deco(fn):
-        for op in ops:
-            _HANDLERS[op] = fn
-        return fn
-    return deco
+_HANDLERS: dict[str, Handler] = Registry("precision handler")
+handles = _HANDLERS.register
 
 
 @dataclass

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from ..bundle.schema import (AvgPool2dNode, Conv2dNode, FlattenNode, LinearNode, MaskNode, MaxPool2dNode,
-                             Node, PixelShuffleNode, QuantNode, ReluNode)
+                             PixelShuffleNode, QuantNode, ReluNode)
 from ..errors import UnsupportedLayerError
 from ..fixedpoint import FixedFormat, accumulator_format, ceil_log2, widen_to_cover
+from ..registry import Registry
 
 FLOAT_BITS = 32
 
@@ -118,15 +118,8 @@ class GraphCounts:
 
 
 # ----------------------------------------------------------------------------- handlers
-_HANDLERS: dict[type, Callable] = {}
-
-
-def counts_for(*types):
-    def deco(fn):
-        for t in types:
-            _HANDLERS[t] = fn
-        return fn
-    return deco
+_HANDLERS = Registry("count handler")
+counts_for = _HANDLERS.register
 
 
 @dataclass

@@ -56,10 +56,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Callable
 
 from ..fixedpoint import ceil_log2
 from .counts import NodeCounts
+from ..registry import Registry
 
 DSP_MIN_PRODUCT = 100  # b_w * b_a from which a multiply goes to a DSP (10 x 10)
 BRAM_MIN_DEPTH = 64
@@ -100,17 +100,28 @@ class Resources:
         return asdict(self)
 
 
-def valid_reuse_factors(n_in: int, n_out: int) -> list[int]:
+def valid_reuse_factors(n_in: int, n_out: int, strategy: str | None = None, op: str = "linear",
+                        io_type: str = "io_parallel") -> list[int]:
     """Reuse factors hls4ml 1.3.0 accepts for an ``n_in x n_out`` kernel: divisors R of
-    ``n_in * n_out`` with R dividing n_in (R <= n_in) or n_in dividing R."""
-    return list(_valid_reuse(int(n_in), int(n_out)))
+    ``n_in * n_out`` with R dividing n_in (R <= n_in) or n_in dividing R; for
+    ``resource_unrolled`` not ``n_in * n_out`` itself (hls4ml drops it); for a ``conv2d`` in
+    io_parallel with ``Resource`` (or resource_unrolled, which hls4ml turns into Resource
+    there) only R <= n_in: hls4ml's conv_2d_resource_cl is correct only up to n_in (tried:
+    R = 27 on a 9 x 3 kernel changed 10,975 of 12,288 outputs)."""
+    rfs = list(_valid_reuse(int(n_in), int(n_out)))
+    if op == "conv2d" and io_type == "io_parallel" and strategy in ("Resource", "resource_unrolled"):
+        return [r for r in rfs if r <= n_in]
+    if strategy == "resource_unrolled" and len(rfs) > 1:
+        rfs.pop()
+    return rfs
 
 
-def smallest_valid_reuse(n_in: int, n_out: int, at_least: int) -> int:
-    """The smallest reuse factor >= ``at_least`` that hls4ml accepts for an ``n_in x n_out``
-    kernel (``n_in * n_out`` itself, always valid, when none is). The one rule used by both
-    the estimator and qsp-compile."""
-    rfs = _valid_reuse(int(n_in), int(n_out))
+def smallest_valid_reuse(n_in: int, n_out: int, at_least: int, strategy: str | None = None, op: str = "linear",
+                         io_type: str = "io_parallel") -> int:
+    """The smallest reuse factor >= ``at_least`` that hls4ml accepts for this kernel and
+    strategy (:func:`valid_reuse_factors`), else the largest it accepts. The one rule used
+    by both the estimator and qsp-compile."""
+    rfs = valid_reuse_factors(n_in, n_out, strategy, op, io_type)
     return next((r for r in rfs if r >= at_least), rfs[-1])
 
 
@@ -139,14 +150,8 @@ def lut_multiplier(b_w: int, b_a: int) -> int:
 
 
 # ----------------------------------------------------------------------------- weight layers
-_WEIGHT_MODELS: dict[str, Callable] = {}
-
-
-def weight_model(name):
-    def deco(fn):
-        _WEIGHT_MODELS[name] = fn
-        return fn
-    return deco
+_WEIGHT_MODELS = Registry("weight-layer resource model")
+weight_model = _WEIGHT_MODELS.register
 
 
 def _kernel_nonzeros(n: NodeCounts) -> int:
@@ -236,15 +241,8 @@ def _da_model(n: NodeCounts, st, dsp_width) -> Resources:
 
 
 # ----------------------------------------------------------------------------- other layers
-_OTHER_MODELS: dict[str, Callable] = {}
-
-
-def other_model(*ops):
-    def deco(fn):
-        for op in ops:
-            _OTHER_MODELS[op] = fn
-        return fn
-    return deco
+_OTHER_MODELS = Registry("resource model")
+other_model = _OTHER_MODELS.register
 
 
 @other_model("relu")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections import OrderedDict
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Sequence
 
 from torch import nn

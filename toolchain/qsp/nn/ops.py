@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import nn
 
 from .. import fixedpoint as fp
 from ..errors import MaskShapeError

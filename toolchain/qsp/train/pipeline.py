@@ -21,9 +21,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import yaml
 
 from ..bundle import ModelRef, TaskInfo
 from ..bundle.footprint import float_footprint, footprint, performance_density
