@@ -86,12 +86,12 @@ class LayerStrategy:
     why: str = ""
 
 
-def _valid_reuse(n_in: int, n_out: int, start: int) -> int:
-    """Smallest reuse factor >= start that hls4ml accepts for an n_in x n_out kernel (the
+def _valid_reuse(n_in: int, n_out: int, start: int, strategy: str, op: str, io_type: str) -> int:
+    """Smallest reuse factor >= start that hls4ml accepts for this kernel and strategy (the
     estimator's rule, :func:`qsp.estimate.smallest_valid_reuse`)."""
     from ..estimate.resources import smallest_valid_reuse
 
-    return smallest_valid_reuse(n_in, n_out, max(1, start))
+    return smallest_valid_reuse(n_in, n_out, max(1, start), strategy, op, io_type)
 
 
 def _kernel_size(bundle, lp) -> tuple[int, int]:
@@ -113,25 +113,29 @@ def rule_strategies(bundle, plan: PrecisionPlan, opts: CompileOptions) -> dict[s
         n_in, n_out = _kernel_size(bundle, lp)
         mults = int(np.count_nonzero(w))
         sparsity = 1.0 - mults / max(w.size, 1)
+
+        def rf(strategy: str, at_least: int, op=lp.op, n_in=n_in, n_out=n_out) -> int:
+            return _valid_reuse(n_in, n_out, at_least, strategy, op, opts.io_type)
+
         s = opts.strategy
         if s == "auto":
             if da4ml_available():
                 out[lp.name] = LayerStrategy("distributed_arithmetic", 1, "da4ml available: shift-add, zeros free")
             elif lp.op == "linear" and opts.io_type == "io_parallel" and sparsity >= SPARSE_RU:
-                out[lp.name] = LayerStrategy("resource_unrolled", _valid_reuse(n_in, n_out, 2),
+                out[lp.name] = LayerStrategy("resource_unrolled", rf("resource_unrolled", 2),
                                              f"{sparsity:.0%} pruned: multipliers only for nonzero weights")
             elif opts.dsp_budget is not None and mults > opts.dsp_budget:
-                rf = _valid_reuse(n_in, n_out, -(-mults // opts.dsp_budget))
-                out[lp.name] = LayerStrategy("Resource", rf, f"{mults} multipliers > {opts.dsp_budget} DSPs")
+                out[lp.name] = LayerStrategy("Resource", rf("Resource", -(-mults // opts.dsp_budget)),
+                                             f"{mults} multipliers > {opts.dsp_budget} DSPs")
             else:
                 out[lp.name] = LayerStrategy("Latency", 1, "fully parallel")
         elif s == "resource_unrolled":
             if lp.op != "linear":
                 out[lp.name] = LayerStrategy("Latency", 1, "resource_unrolled is Dense-only in hls4ml")
             else:
-                out[lp.name] = LayerStrategy(s, _valid_reuse(n_in, n_out, 2), "--strategy")
+                out[lp.name] = LayerStrategy(s, rf(s, 2), "--strategy")
         elif s == "Resource":
-            out[lp.name] = LayerStrategy(s, _valid_reuse(n_in, n_out, 2), "--strategy")
+            out[lp.name] = LayerStrategy(s, rf(s, 2), "--strategy")
         else:
             out[lp.name] = LayerStrategy(s, 1, "--strategy")
     return out
@@ -159,6 +163,11 @@ class StrategyPlan:
         return out
 
 
+def buildable_strategies() -> tuple[str, ...]:
+    """The strategies qsp-compile can build here (distributed_arithmetic only with da4ml)."""
+    return tuple(s for s in STRATEGIES if s != "auto" and (s != "distributed_arithmetic" or da4ml_available()))
+
+
 def _usage(be, plan) -> tuple[str, float]:
     u = plan.utilization(be.board)
     k = max(u, key=u.get)
@@ -181,7 +190,7 @@ def plan_strategies(bundle, plan: PrecisionPlan, opts: CompileOptions) -> Strate
         return StrategyPlan(rule, "rule")
     from ..estimate import fit_plan
 
-    be = fit_plan(bundle, opts.board, rule)
+    be = fit_plan(bundle, opts.board, rule, available=buildable_strategies())
     name = be.board.name
     k, u = _usage(be, be.plan)
     if be.verdict == "fits":

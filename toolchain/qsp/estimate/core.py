@@ -196,8 +196,8 @@ def _fan(n: NodeCounts) -> tuple[int, int]:
     return n.weight.fan_in, n.weight.n_out
 
 
-def _smallest_reuse(n: NodeCounts, at_least: int) -> int:
-    return smallest_valid_reuse(*_fan(n), at_least)
+def _smallest_reuse(n: NodeCounts, at_least: int, strategy: str) -> int:
+    return smallest_valid_reuse(*_fan(n), at_least, strategy, n.op)
 
 
 def default_strategies(counts: GraphCounts, board: Board | None) -> dict[str, LayerStrategy]:
@@ -208,9 +208,10 @@ def default_strategies(counts: GraphCounts, board: Board | None) -> dict[str, La
     for n in counts.weight_nodes():
         w = n.weight
         if n.op == "linear" and w.sparsity >= SPARSE_RU:
-            out[n.name] = LayerStrategy("resource_unrolled", _smallest_reuse(n, 2), f"{w.sparsity:.0%} pruned")
+            out[n.name] = LayerStrategy("resource_unrolled", _smallest_reuse(n, 2, "resource_unrolled"),
+                                        f"{w.sparsity:.0%} pruned")
         elif board is not None and w.nonzeros > board.dsp and uses_dsp(w.weight_bits, w.in_format.bits):
-            rf = _smallest_reuse(n, -(-w.nonzeros // board.dsp))
+            rf = _smallest_reuse(n, -(-w.nonzeros // board.dsp), "Resource")
             out[n.name] = LayerStrategy("Resource", rf, f"{w.nonzeros} multipliers > {board.dsp} DSPs")
         else:
             out[n.name] = LayerStrategy("Latency", 1, "fully parallel")
@@ -244,7 +245,7 @@ def candidate_plans(counts: GraphCounts, board: Board) -> list[tuple[str, dict]]
             p = {}
             for n in wn:
                 s = strat if (strat == "Resource" or n.op == "linear") else "Resource"
-                p[n.name] = LayerStrategy(s, _smallest_reuse(n, target))
+                p[n.name] = LayerStrategy(s, _smallest_reuse(n, target, s))
             plans.append((f"{strat} reuse<={target}", p))
         if target >= biggest:
             break
@@ -279,14 +280,19 @@ def _energy(layers: list[LayerEstimate], board: Board) -> tuple[E.Energy, E.Ener
     return E.Energy(compute, wmem, act, dram), E.Energy(compute32, wmem32, act32, dram32)
 
 
-def estimate_board(counts: GraphCounts, layers: list[LayerEstimate], board: Board, strategies=None) -> BoardEstimate:
+def estimate_board(counts: GraphCounts, layers: list[LayerEstimate], board: Board, strategies=None,
+                   available: Iterable[str] | None = None) -> BoardEstimate:
+    """``available``: the strategies an alternative plan may use (all when None; qsp-compile
+    passes those it can build, e.g. no distributed_arithmetic without da4ml)."""
     given = strategies is not None
     strat = ({k: _as_strategy(v) for k, v in strategies.items()} if given else default_strategies(counts, board))
     plan = make_plan(counts, board, strat, "given" if given else "default (qsp-compile auto)")
     e, e32 = _energy(layers, board)
     if _max_util(plan, board) <= 1.0:
         return BoardEstimate(board, "fits", _binding(plan, board), plan, None, e, e32)
-    alts = [make_plan(counts, board, s, label) for label, s in candidate_plans(counts, board)]
+    ok = None if available is None else set(available)
+    alts = [make_plan(counts, board, s, label) for label, s in candidate_plans(counts, board)
+            if ok is None or all(_as_strategy(v).strategy in ok for v in s.values())]
     fitting = [p for p in alts if _max_util(p, board) <= 1.0]
     if fitting:
         roomy = [p for p in fitting if _max_util(p, board) <= ROUTABLE] or fitting
@@ -296,15 +302,15 @@ def estimate_board(counts: GraphCounts, layers: list[LayerEstimate], board: Boar
     return BoardEstimate(board, "does not fit", _binding(least, board), plan, None if least is plan else least, e, e32)
 
 
-def fit_plan(graph, board, strategies: Mapping | None = None) -> BoardEstimate:
+def fit_plan(graph, board, strategies: Mapping | None = None, available: Iterable[str] | None = None) -> BoardEstimate:
     """The estimator's verdict for one strategy plan on one board, for ``graph`` as it will be
     built (a :class:`~qsp.bundle.Bundle`, e.g. qsp-compile's transformed graph): ``plan`` is
     ``strategies`` (the compiler's default rule when None), and when it does not fit,
     ``alternative`` is the plan the estimator proposes (verdict "fits with another
-    strategy") or the least bad one ("does not fit")."""
+    strategy") or the least bad one ("does not fit"), using only ``available`` strategies."""
     counts = count_graph(graph)
     b = board if isinstance(board, Board) else get_board(board)
-    return estimate_board(counts, [_layer(n) for n in counts.nodes], b, strategies)
+    return estimate_board(counts, [_layer(n) for n in counts.nodes], b, strategies, available)
 
 
 # ----------------------------------------------------------------------------- the estimate
