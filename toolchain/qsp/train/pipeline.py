@@ -275,11 +275,13 @@ def report_table(m: dict) -> str:
     z = "0" if fl else "-"
     rows.append((f"test {m['metric']}", f"{fl['test_metric']:.2f}{unit}" if fl else "-",
                  f"{m['test_metric']:.2f}{unit}"))
-    rows.append(("weight sparsity (pruned layers)", z, f"{m['weight_sparsity_pruned_layers']:.4f}"
-                 f" ({m['pruned_weight_layers']} layers)"))
+    if m["pruned_weight_layers"]:  # unstructured (qsparse) pruning; DJPQ reports its channels itself
+        rows.append(("weight sparsity (pruned layers)", z, f"{m['weight_sparsity_pruned_layers']:.4f}"
+                     f" ({m['pruned_weight_layers']} layers)"))
     rows.append(("weight sparsity (all, incl. zeros from rounding)", z, f"{m['weight_sparsity_overall']:.4f}"))
-    rows.append(("activation sparsity (masked points)", z, f"{m['act_sparsity_masked_points']:.4f}"
-                 f" ({m['masked_activation_points']} points)"))
+    if m["masked_activation_points"]:
+        rows.append(("activation sparsity (masked points)", z, f"{m['act_sparsity_masked_points']:.4f}"
+                     f" ({m['masked_activation_points']} points)"))
     rows.append(("activation sparsity (all quantized points, incl. input)", z, f"{m['act_sparsity_overall']:.4f}"))
     rows.append(("footprint weights (bits)", f"{fl['footprint_bits'] - 32 * fp['activations']:,}" if fl and 'footprint_bits' in fl else "-",
                  f"{fp['weight_bits']:,}"))
