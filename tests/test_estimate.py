@@ -98,8 +98,12 @@ def test_too_large_for_pynq_z2():
     assert pz.binding == "BRAM18"  # 16.8 Mb of weights vs 5.2 Mb of block RAM
     assert pz.shown.utilization(pz.board)["BRAM18"] > 1.0
     assert pz.energy.weights_in_dram and pz.energy_float.weights_in_dram
-    assert zcu.verdict == "fits with another strategy"
-    assert zcu.alternative is not None and "reuse" in zcu.alternative.label
+    # qsp-compile's rule: 2,088,974 multipliers > 2,520 DSPs -> Resource, smallest valid R >= 829
+    assert zcu.verdict == "fits" and zcu.alternative is None
+    assert (zcu.plan.strategies["fc"].strategy, zcu.plan.strategies["fc"].reuse_factor) == ("Resource", 1024)
+    zl = estimate(_big_model(), boards=["zcu102"], strategies={"fc": "Latency"}).boards[0]
+    assert zl.verdict == "fits with another strategy"
+    assert zl.alternative is not None and "reuse" in zl.alternative.label
     s = summary_for_board(est, "pynq")
     assert "does not fit" in s and "BRAM18" in s and "float32" in s
 

@@ -1,5 +1,8 @@
-"""``qsp-estimate BUNDLE --board all|NAME [--out DIR]``: verdict per board, or the detail for
-one board next to the float32 dense baseline; writes DIR/estimate.json and DIR/report.html."""
+"""``qsp-estimate BUNDLE --board all|NAME [--out DIR] [--as-trained]``: verdict per board, or the
+detail for one board next to the float32 dense baseline; writes DIR/estimate.json and
+DIR/report.html. Board resources, latency and verdicts describe the graph qsp-compile builds
+(masks folded, dead features/channels removed; ``--as-trained``: the untransformed graph);
+footprint, BOPs and the per-layer table describe the bundle as trained."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write estimate.json and report.html here")
     p.add_argument("--project", default=None, help="compiled hls4ml project: take its per-layer strategies")
     p.add_argument("--boards-dir", action="append", default=[], help="extra directory of board files")
+    p.add_argument("--as-trained", action="store_true",
+                   help="estimate the board resources of the graph as trained, not of the graph qsp-compile builds "
+                        "(masks folded, dead features/channels removed)")
     p.add_argument("--runs", default=None, help="folder of runs for the report's accuracy-vs-footprint plot")
     return p
 
@@ -28,9 +34,10 @@ def main(argv=None) -> int:
 
         strategies = strategies_from_project(args.project) if args.project else None
         boards = "all" if args.board == "all" else [args.board]
-        est = estimate(args.bundle, boards, strategies, board_dirs=args.boards_dir)
+        est = estimate(args.bundle, boards, strategies, board_dirs=args.boards_dir, as_trained=args.as_trained)
         t = est.totals
         if args.board == "all":
+            print(est.hardware.describe())
             print(f"{'board':<12} {'verdict':<27} binding resource")
             for be in est.boards:
                 print(be.line())

@@ -3,9 +3,17 @@ strategy, latency, energy, and a fit verdict for every board.
 
 ``estimate(bundle, boards, strategies)`` is the entry point; ``summary_for_board`` is the
 short text the compiler prints.
+
+Two graphs: the paper-defined numbers (footprint, BOPs, MACs, sparsity, per-layer table,
+float32 baseline) describe the bundle as trained; the board-facing ones (resources,
+latency/II, fit verdicts) describe the *hardware graph*, the one qsp-compile builds: the
+bundle after :func:`qsp.compile.transforms.run` with its default steps (masks covering whole
+features/channels folded into the weights, dead features/channels removed).
+``as_trained=True`` estimates the untransformed graph instead.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
@@ -14,11 +22,12 @@ from typing import Iterable, Mapping
 
 from ..boards import Board, all_boards, get_board
 from ..bundle.footprint import float_footprint, footprint
+from ..compile import transforms  # hls4ml-free: numpy and the bundle only
 from ..fixedpoint import ceil_log2
 from . import energy as E
 from .counts import FLOAT_BITS, GraphCounts, NodeCounts, count_graph
 from .resources import (STRATEGIES, LayerStrategy, Resources, dsps_per_multiply, layer_resources,
-                        smallest_valid_reuse, uses_dsp, valid_reuse_factors)
+                        smallest_valid_reuse, valid_reuse_factors)
 
 #: weight sparsity from which a Dense layer gets resource_unrolled by default (as qsp-compile's auto)
 SPARSE_RU = 0.5
@@ -201,16 +210,22 @@ def _smallest_reuse(n: NodeCounts, at_least: int, strategy: str) -> int:
 
 
 def default_strategies(counts: GraphCounts, board: Board | None) -> dict[str, LayerStrategy]:
-    """What ``qsp-compile --strategy auto`` picks without da4ml: resource_unrolled for a Dense
-    layer with >= 50 % of its weights pruned; Resource with the smallest reuse factor that
-    brings the layer's multipliers under the board's DSPs when they exceed it; else Latency."""
+    """What ``qsp-compile --strategy auto`` picks by its fixed rule
+    (:func:`qsp.compile.hls4ml_project.rule_strategies`, io_parallel), before its board
+    check: distributed_arithmetic when da4ml is importable; else resource_unrolled for a
+    Dense layer with >= 50 % of its weights pruned; Resource with the smallest reuse factor
+    that brings the layer's nonzero weights under the board's DSP count when they exceed it
+    (whether or not its multiplies would use DSPs: the compiler's rule); else Latency."""
+    da = importlib.util.find_spec("da4ml") is not None
     out = {}
     for n in counts.weight_nodes():
         w = n.weight
-        if n.op == "linear" and w.sparsity >= SPARSE_RU:
+        if da:
+            out[n.name] = LayerStrategy("distributed_arithmetic", 1, "da4ml available: shift-add, zeros free")
+        elif n.op == "linear" and w.sparsity >= SPARSE_RU:
             out[n.name] = LayerStrategy("resource_unrolled", _smallest_reuse(n, 2, "resource_unrolled"),
                                         f"{w.sparsity:.0%} pruned")
-        elif board is not None and w.nonzeros > board.dsp and uses_dsp(w.weight_bits, w.in_format.bits):
+        elif board is not None and w.nonzeros > board.dsp:
             rf = _smallest_reuse(n, -(-w.nonzeros // board.dsp), "Resource")
             out[n.name] = LayerStrategy("Resource", rf, f"{w.nonzeros} multipliers > {board.dsp} DSPs")
         else:
@@ -313,6 +328,67 @@ def fit_plan(graph, board, strategies: Mapping | None = None, available: Iterabl
     return estimate_board(counts, [_layer(n) for n in counts.nodes], b, strategies, available)
 
 
+# ----------------------------------------------------------------------------- the hardware graph
+#: qsp-compile's default transformation steps: the hardware graph is built with the same ones
+DEFAULT_STEPS = transforms.DEFAULT_STEPS
+
+
+def _units(n) -> int:
+    return int(n.out_shape[0]) if n.out_shape else 0
+
+
+@dataclass
+class HardwareGraph:
+    """The graph the board-facing numbers describe, and how it differs from the trained one."""
+
+    steps: tuple[str, ...]  # the transformation steps applied (() = the graph as trained)
+    masks_folded: int = 0  # activation masks whose whole-unit zeros went into the weights
+    masks_removed: int = 0  # of those, masks left with no zero at all (dropped from the graph)
+    features_removed: int = 0  # dead Dense outputs removed
+    channels_removed: int = 0  # dead conv output channels removed
+    log: list[str] = field(default_factory=list)  # the transformations' own log
+
+    @classmethod
+    def compare(cls, trained, hardware, steps=DEFAULT_STEPS, log=()) -> "HardwareGraph":
+        """What ``hardware`` (a transformed copy of ``trained``) changed, read off the graphs."""
+        hw = {n.name: n for n in hardware.graph}
+        folded = removed = feats = chans = 0
+        for n in trained.graph:
+            h = hw.get(n.name)
+            if n.op == "mask":
+                zeros = int((trained.mask(n.name) == 0).sum())
+                if h is None:
+                    folded, removed = folded + 1, removed + 1
+                elif int((hardware.mask(n.name) == 0).sum()) < zeros:
+                    folded += 1
+            elif n.op in ("linear", "conv2d") and h is not None:
+                d = _units(n) - _units(h)
+                feats, chans = (feats + d, chans) if n.op == "linear" else (feats, chans + d)
+        return cls(tuple(steps), folded, removed, feats, chans, list(log))
+
+    def describe(self) -> str:
+        """One line, e.g. 'hardware graph: 3 masks folded, 64 dead features removed (as qsp-compile builds it)'."""
+        if not self.steps:
+            return "hardware graph: the bundle as trained (untransformed; qsp-compile --no-transforms builds it)"
+        parts = [f"{self.masks_folded} mask{'s' * (self.masks_folded != 1)} folded"] if self.masks_folded else []
+        for k, what in ((self.features_removed, "feature"), (self.channels_removed, "channel")):
+            if k:
+                parts.append(f"{k} dead {what}{'s' * (k != 1)} removed")
+        what = ", ".join(parts) if parts else "identical to the bundle as trained (nothing to fold or remove)"
+        return f"hardware graph: {what} (as qsp-compile builds it)"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "steps": list(self.steps), "description": self.describe()}
+
+
+def hardware_graph(bundle, as_trained: bool = False, steps=DEFAULT_STEPS):
+    """(graph qsp-compile builds from ``bundle``, :class:`HardwareGraph` describing it)."""
+    if as_trained or not steps:
+        return bundle, HardwareGraph(())
+    tx, log = transforms.run(bundle, tuple(steps))
+    return tx, HardwareGraph.compare(bundle, tx, steps, log)
+
+
 # ----------------------------------------------------------------------------- the estimate
 @dataclass
 class Totals:
@@ -346,6 +422,8 @@ class Estimate:
     bundle_path: str | None = None
     task: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    #: the graph ``boards`` (resources, latency, verdicts) describe; the rest is the trained bundle
+    hardware: HardwareGraph | None = None
 
     def board(self, name: str) -> BoardEstimate:
         b = get_board(name) if not isinstance(name, Board) else name
@@ -357,6 +435,7 @@ class Estimate:
     def to_dict(self) -> dict:
         return {"bundle": self.bundle_path, "task": self.task, "metrics": self.metrics,
                 "totals": asdict(self.totals), "layers": [le.to_dict() for le in self.layers],
+                "hardware_graph": None if self.hardware is None else self.hardware.to_dict(),
                 "boards": [b.to_dict() for b in self.boards],
                 "models": {"energy": E.SOURCE, "resources": "analytic model, docs/estimate.md"}}
 
@@ -390,11 +469,16 @@ def original_float_baseline(bundle, ffp, weight_layers) -> tuple[int, int, str]:
 
 
 def estimate(bundle, boards: Iterable | str | None = "all", strategies: Mapping | None = None,
-             board_dirs=None) -> Estimate:
+             board_dirs=None, as_trained: bool = False, steps=DEFAULT_STEPS) -> Estimate:
     """Estimate ``bundle`` (a :class:`~qsp.bundle.Bundle` or a path) for ``boards`` ("all",
     names, :class:`Board` objects or None). ``strategies`` maps weight-layer names to the
     compiler's chosen strategy (objects with ``strategy``/``reuse_factor``, dicts, tuples or
-    names); without it the compiler's default choice is modelled per board."""
+    names); without it the compiler's default choice is modelled per board.
+
+    Footprint, BOPs, MACs, sparsity, the per-layer table and the float32 baseline describe
+    the bundle as trained. Board resources, latency/II and verdicts describe the hardware
+    graph: the bundle after qsp-compile's transformations ``steps`` (its defaults), or the
+    bundle as trained with ``as_trained=True`` (``Estimate.hardware`` says which)."""
     from ..bundle import Bundle
 
     if not isinstance(bundle, Bundle):
@@ -424,7 +508,11 @@ def estimate(bundle, boards: Iterable | str | None = "all", strategies: Mapping 
         blist = [b if isinstance(b, Board) else get_board(b, board_dirs) for b in boards]
     est = Estimate(layers, totals, [], str(bundle.path) if bundle.path else None,
                    asdict(bundle.qspec.task), dict(bundle.qspec.metrics))
-    est.boards = [estimate_board(counts, layers, b, strategies) for b in blist]
+    if blist:
+        hw, est.hardware = hardware_graph(bundle, as_trained, steps)
+        hw_counts = counts if hw is bundle else count_graph(hw)
+        # energy stays the trained bundle's (as in qsp-compile's summary); resources are hw's
+        est.boards = [estimate_board(hw_counts, layers, b, strategies) for b in blist]
     return est
 
 
@@ -468,15 +556,25 @@ def summary_for_board(bundle_or_estimate, board, strategies=None, hardware=None)
     ``hardware``: the graph actually built (qsp-compile's transformed bundle: masks folded,
     dead features removed); verdict, resources and latency are then those of ``strategies``
     on it, while footprint, BOPs and energy stay those of the bundle as trained."""
+    from ..bundle import Bundle
+
     est = bundle_or_estimate
     if not isinstance(est, Estimate):
-        est = estimate(est, [board], None if hardware is not None else strategies)
+        if hardware is not None and not isinstance(est, Bundle):
+            est = Bundle.read(est)
+        trained = est
+        est = estimate(est, [board], None if hardware is not None else strategies, as_trained=hardware is not None)
+    else:
+        trained = None
     be = next((b for b in est.boards if b.board.name == get_board(board).name), None)
     if be is None:
-        be = estimate_board(count_graph(_bundle_of(est)), est.layers, get_board(board), strategies)
+        hw, est.hardware = hardware_graph(_bundle_of(est))
+        be = estimate_board(count_graph(hw), est.layers, get_board(board), strategies)
+    described = est.hardware
     if hardware is not None:
         hw = fit_plan(hardware, be.board, strategies)
         be = replace(hw, energy=be.energy, energy_float=be.energy_float)
+        described = HardwareGraph.compare(trained if trained is not None else _bundle_of(est), hardware)
     t = est.totals
     u = be.shown.utilization(be.board)
     r = be.shown.total
@@ -491,6 +589,8 @@ def summary_for_board(bundle_or_estimate, board, strategies=None, hardware=None)
              f"  {'energy/inf':<12}{_fmt_pj(be.energy.total):>16}{_fmt_pj(be.energy_float.total):>18}"
              f"{be.energy_float.total / max(be.energy.total, 1e-12):>8.1f}x"
              + ("  (float32 weights from DRAM)" if be.energy_float.weights_in_dram else "")]
+    if described is not None:
+        lines.insert(1, f"  {described.describe()}")
     return "\n".join(lines)
 
 

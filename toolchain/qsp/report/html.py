@@ -131,6 +131,10 @@ def render_report(est, runs_dir=None, title: str | None = None) -> str:
     # ---- boards
     if est.boards:
         parts.append("<h2>Boards</h2>")
+        if est.hardware is not None:
+            parts.append(f'<p class="note">{escape(est.hardware.describe())}: resources, latency and verdicts '
+                         "below are those of this graph; totals and the per-layer table above are the bundle "
+                         "as trained.</p>")
         brow = []
         for be in est.boards:
             u = be.shown.utilization(be.board)
