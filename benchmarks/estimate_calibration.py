@@ -227,7 +227,8 @@ def ours_for(p: Published) -> tuple[dict, dict]:
     for i, (a, b) in enumerate(zip(SIZES, SIZES[1:]), 1):
         rf = 1 if p.qsp_strategy == "Latency" else smallest_valid_reuse(a, b, p.reuse)
         strategies[f"fc{i}"] = (p.qsp_strategy, rf)
-    est = estimate(jet_mlp(p.precision, p.density), [board_for(p.part)], strategies=strategies)
+    # the published designs kept every feature: estimate the graph as trained (no dead-feature removal)
+    est = estimate(jet_mlp(p.precision, p.density), [board_for(p.part)], strategies=strategies, as_trained=True)
     plan = est.boards[0].plan
     if p.scope == "dense":
         rs = [plan.layers[f"fc{i}"] for i in range(1, len(SIZES))]
