@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import QspError
 from .convert import DJPQConfig, gated_channels, layer_chain
 
 FP32_BITS = 32
@@ -59,7 +60,7 @@ def model_bops(model: nn.Module, hard: bool = False):
         L = e.layer
         macs = int(L.macs)
         if macs <= 0:
-            raise RuntimeError(f"layer {e.name!r}: MACs not recorded (build the model with qsp.djpq.convert)")
+            raise QspError(f"layer {e.name!r}: MACs not recorded (build the model with qsp.djpq.convert)")
         if hard:
             bw = float(L.wq.bits())
             ba = float(e.act_quant.bits()) if e.act_quant is not None else float(FP32_BITS)
