@@ -144,8 +144,20 @@ class Quantizer(StepCounter):
                         self.enabled.fill_(True)
         if not self._on:
             return x
-        return fp.quantize_ste(x, self.bits, self.frac, self.signed, self.rounding,
-                               channel_axis=self.channel_axis if self.channels else None)
+        if self.channels:
+            return fp.quantize_ste(x, self.bits, self.frac, self.signed, self.rounding, channel_axis=self.channel_axis)
+        return fp.quantize_ste(x, self.bits, self._frac_int(), self.signed, self.rounding)
+
+    def _frac_int(self) -> int:
+        """Per-tensor fraction bits as a Python int, read from the buffer only when the
+        buffer changed (its in-place version counter), so the forward pass needs no
+        device sync and no tensor ops to build the scale."""
+        key = (id(self.frac), self.frac._version)
+        cache = self.__dict__.get("_frac_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, int(self.frac))
+            self.__dict__["_frac_cache"] = cache
+        return cache[1]
 
     # ------------------------------------------------------------------ export
     @property
