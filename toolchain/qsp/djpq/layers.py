@@ -24,6 +24,7 @@ from torch import nn
 
 from .. import fixedpoint as fp
 from ..errors import UnsupportedLayerError
+from ..nn.state import eval_mode
 from .gates import VIBGate
 from .quant import LearnedQuantizer, ste
 
@@ -76,13 +77,8 @@ class DJPQLayer(nn.Module):
     @torch.no_grad()
     def effective(self):
         """(weight, bias, bias format) of evaluation / deployment: deterministic gates, on the grid."""
-        modes = [m.training for m in self.modules()]
-        self.eval()
-        try:
+        with eval_mode(self):
             return self._weights()
-        finally:
-            for m, tr in zip(self.modules(), modes):
-                m.training = tr
 
     def kept(self) -> list[int]:
         return list(range(self.out_channels)) if self.gate is None else self.gate.kept()

@@ -10,6 +10,7 @@ from torch import nn
 
 from .. import fixedpoint as fp
 from .ops import ActivationPruner, ActivationQuantizer, Quantizer, WeightPruner
+from .state import eval_mode
 
 
 class QLayer(nn.Module):
@@ -79,13 +80,8 @@ class QLayer(nn.Module):
     @torch.no_grad()
     def effective(self):
         """(weight, bias) as used in the forward pass, without advancing schedules."""
-        modes = [m.training for m in self.modules()]
-        self.eval()
-        try:
+        with eval_mode(self):
             return self._weights()
-        finally:
-            for m, tr in zip(self.modules(), modes):
-                m.training = tr
 
     # ------------------------------------------------------------------ forward
     def forward(self, x):

@@ -161,3 +161,21 @@ def dist_cat(t: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
     return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+
+class eval_mode:
+    """``with eval_mode(module):`` evaluation mode for every submodule (no schedule
+    advances), each module's own training flag restored afterwards."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def __enter__(self):
+        self._modes = [(m, m.training) for m in self.module.modules()]
+        self.module.eval()
+        return self.module
+
+    def __exit__(self, *exc):
+        for m, tr in self._modes:
+            m.training = tr
+        return False
