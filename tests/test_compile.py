@@ -238,3 +238,19 @@ def test_bad_bundles(mlp_bundle, tmp_path, capsys, damage):
     assert expect in err and "Traceback" not in err
     with pytest.raises(BundleError):
         compile_bundle(b, tmp_path / "o2")
+
+
+def test_remove_dead_keeps_per_channel_formats_with_their_rows():
+    """Dead-unit removal slices per-channel fraction bits with the weight rows (shared
+    bundle.graph.remove_units, also used by DJPQ's channel removal)."""
+    from qsp.compile import transforms
+    from qsp.verify.emulate import emulate
+    from tests.bundles import build_bundle
+
+    b = build_bundle("mlp", per_channel=True)
+    tx, log = transforms.run(b)
+    assert any("removed" in m for m in log)
+    for n in tx.graph:
+        if n.op == "linear":
+            assert len(n.weight.frac) == tx.weight(n.name).shape[0]
+    assert np.array_equal(emulate(tx, b.test_x), emulate(b, b.test_x))

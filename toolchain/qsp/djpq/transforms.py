@@ -22,12 +22,13 @@ from typing import Protocol
 
 import numpy as np
 
-from ..bundle import (AvgPool2dNode, Bundle, Conv2dNode, FlattenNode, LinearNode, MaskNode,
-                      MaxPool2dNode, QuantNode, ReluNode)
+from ..bundle import Bundle, LinearNode
+from ..bundle.graph import UNIT_OPS, WEIGHTED, link_after, remove_units
 from ..errors import BundleError
 
-PASS_THROUGH = (ReluNode, MaskNode, QuantNode, MaxPool2dNode, AvgPool2dNode, FlattenNode)
-WEIGHT_NODES = (LinearNode, Conv2dNode)
+#: per-channel ops a pruned (all-zero) channel crosses: 0 stays 0 (average pooling too)
+PER_CHANNEL_OPS = UNIT_OPS | {"avgpool2d"}
+WEIGHT_NODES = WEIGHTED
 
 
 class Transformation(Protocol):
@@ -36,18 +37,6 @@ class Transformation(Protocol):
 
 def _n_out(n) -> int:
     return n.out_features if isinstance(n, LinearNode) else n.out_channels
-
-
-def _set_counts(bundle: Bundle, n) -> None:
-    w = bundle.weights[f"{n.name}.weight"]
-    n.nonzeros = int(np.count_nonzero(w))
-    n.weight_sparsity = float(np.mean(w == 0)) if w.size else 0.0
-
-
-def _slice_frac(n, kept) -> None:
-    """Per-channel weight formats follow their rows."""
-    if n.weight is not None and n.weight.per_channel:
-        n.weight.frac = [n.weight.frac[i] for i in kept]
 
 
 class RemovePrunedChannels:
@@ -75,13 +64,12 @@ class RemovePrunedChannels:
             if len(kept) == C:
                 n.kept_outputs = None
                 continue
-            j = i + 1
-            while j < len(graph) and isinstance(graph[j], PASS_THROUGH):
-                j += 1
-            if j >= len(graph) or not isinstance(graph[j], WEIGHT_NODES):
+            link = link_after(graph, i, PER_CHANNEL_OPS)
+            if link.consumer is None:
                 continue  # output layer or a channel-mixing op follows: leave in place
             self._check_zero(out, n, kept, C)
-            self._remove(out, graph, i, j, kept)
+            n.kept_outputs = None
+            remove_units(out, graph, i, link, kept)
             removed[n.name] = {"original": C, "kept": kept}
             n.kept_outputs = None
         spec.extra["removed_channels"] = removed
@@ -96,41 +84,3 @@ class RemovePrunedChannels:
         if bad:
             raise BundleError(f"node {n.name!r}: channels {bad[:8]} are marked pruned but have nonzero "
                               "weights or bias; removing them would change the network")
-
-    @staticmethod
-    def _remove(b: Bundle, graph, i, j, kept) -> None:
-        n = graph[i]
-        k = len(kept)
-        idx = np.asarray(kept)
-        b.weights[f"{n.name}.weight"] = b.weights[f"{n.name}.weight"][idx]
-        if f"{n.name}.bias" in b.weights:
-            b.weights[f"{n.name}.bias"] = b.weights[f"{n.name}.bias"][idx]
-        _slice_frac(n, kept)
-        if isinstance(n, LinearNode):
-            n.out_features = k
-        else:
-            n.out_channels = k
-        n.out_shape = [k] + list(n.out_shape[1:])
-        _set_counts(b, n)
-        # through the pass-through nodes; `idx` indexes the leading axis of the tensor
-        for m in graph[i + 1:j]:
-            m.in_shape = list(graph[graph.index(m) - 1].out_shape)
-            if isinstance(m, FlattenNode):
-                hw = int(np.prod(m.in_shape[1:])) if len(m.in_shape) > 1 else 1
-                idx = (idx[:, None] * hw + np.arange(hw)[None, :]).reshape(-1)
-                m.out_shape = [len(idx)]
-                continue
-            if isinstance(m, MaskNode):
-                key = f"{m.name}.mask"
-                b.masks[key] = b.masks[key][idx]
-                m.sparsity = float(np.mean(b.masks[key] == 0))
-            m.out_shape = [len(idx)] + list(m.out_shape[1:])
-        nxt = graph[j]
-        nxt.in_shape = list(graph[j - 1].out_shape)
-        key = f"{nxt.name}.weight"
-        b.weights[key] = b.weights[key][:, idx]
-        if isinstance(nxt, LinearNode):
-            nxt.in_features = len(idx)
-        else:
-            nxt.in_channels = len(idx)
-        _set_counts(b, nxt)
