@@ -21,4 +21,4 @@ pip install -e '.[test]'
 
 scripts/flow_check.sh runs/ci-flow-check
 
-python -m pytest -q "$@"
+QSP_REQUIRE_SYSTEM_DEPS=1 python -m pytest -q "$@"

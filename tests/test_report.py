@@ -5,10 +5,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 
 from qsp.estimate import estimate
 from qsp.report import find_runs, pareto_front, render_report, write_report
+from tests.conftest import needs_system
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -60,7 +60,7 @@ def _console_errors(stderr: str) -> list[str]:
             or "Uncaught" in ln]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium chromium-driver)")
+@needs_system(CHROMIUM is not None, "needs Debian's chromium (apt-get install -y chromium chromium-driver)")
 def test_console_error_detector_works(tmp_path):
     page = tmp_path / "bad.html"
     page.write_text('<!DOCTYPE html><html><body><p>x</p><script>console.error("boom-qsp")</script></body></html>')
@@ -68,7 +68,7 @@ def test_console_error_detector_works(tmp_path):
     assert any("boom-qsp" in ln for ln in _console_errors(err))
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium chromium-driver)")
+@needs_system(CHROMIUM is not None, "needs Debian's chromium (apt-get install -y chromium chromium-driver)")
 def test_report_in_headless_chromium(tmp_path, mlp_bundle, cnn_bundle):
     runs = _runs(tmp_path, mlp_bundle, cnn_bundle)
     est = estimate(runs / "cnn-run" / "bundle", "all")

@@ -17,6 +17,7 @@ from qsp.train.data import (FASHION_MNIST_DIR, accuracy, downscale, load_custom,
                             read_idx, load_super_resolution, sr_patches)
 from qsp.train.models import build_model, espcn, lenet, mlp, resolve_model
 from qsp.train.pipeline import run
+from tests.conftest import needs_system
 
 
 def test_digits_split():
@@ -43,7 +44,7 @@ def _write_idx(path, arr):
         path.write_bytes(data)
 
 
-@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Debian dataset-fashion-mnist not installed")
+@needs_system(FASHION_MNIST_DIR.is_dir(), "needs Debian's dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist)")
 def test_fashion_mnist_idx_real_files():
     y = read_idx(FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz")
     assert y.shape == (10000,) and y.dtype == np.uint8 and set(np.unique(y)) == set(range(10))
