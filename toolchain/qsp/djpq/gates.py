@@ -23,9 +23,12 @@ import math
 import torch
 from torch import nn
 import torch.nn.functional as F
+from .scaled import ScaledParams
 
 
-class VIBGate(nn.Module):
+class VIBGate(ScaledParams):
+    _scaled = ("mu", "logvar")
+
     def __init__(self, channels: int, *, threshold: float = 1.0, init_logvar: float = -6.0,
                  init_mu: float = 1.0, temperature: float = 1.0):
         super().__init__()
@@ -41,26 +44,14 @@ class VIBGate(nn.Module):
         # stored divided by `param_scale` (an lr multiplier; see set_param_scale)
         self.raw_mu = nn.Parameter(torch.full((channels,), float(init_mu)))
         self.raw_logvar = nn.Parameter(torch.full((channels,), float(init_logvar)))
-        self.register_buffer("param_scale", torch.ones(()))
 
     @property
     def mu(self) -> torch.Tensor:
-        return self.raw_mu * self.param_scale
+        return self.scaled("mu")
 
     @property
     def logvar(self) -> torch.Tensor:
-        return self.raw_logvar * self.param_scale
-
-    @torch.no_grad()
-    def set_param_scale(self, scale: float) -> None:
-        """Store ``mu`` and ``log sigma^2`` as ``value / scale`` (values unchanged): with Adam
-        they then move ``scale`` times faster than the optimizer's learning rate."""
-        if not scale > 0:
-            raise ValueError(f"scale={scale!r} must be > 0")
-        mu, lv = self.mu.detach().clone(), self.logvar.detach().clone()
-        self.param_scale.fill_(float(scale))
-        self.raw_mu.copy_(mu / scale)
-        self.raw_logvar.copy_(lv / scale)
+        return self.scaled("logvar")
 
     def extra_repr(self):
         return f"channels={self.channels}, threshold={math.exp(self.log_threshold):g}"

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .. import fixedpoint as fp
+from .scaled import ScaledParams
 from ..nn.state import dist_cat, dist_max_
 
 POW2_BITS = (2, 4, 8, 16)
@@ -64,7 +65,7 @@ def snap_pow2_bits(b: float, allowed=POW2_BITS) -> int:
     return min(allowed, key=lambda a: (abs(math.log2(a) - lb), -a))
 
 
-class LearnedQuantizer(nn.Module):
+class LearnedQuantizer(ScaledParams):
     """Per-tensor fixed-point quantizer with a learned step and range.
 
     ``signed=None`` decides the sign from the first training batch (signed if it holds a
@@ -72,6 +73,8 @@ class LearnedQuantizer(nn.Module):
     from the first tensor seen (``init_from``; weights are initialised at construction) so
     that the initial bitwidth is ``init_bits``.
     """
+
+    _scaled = ("log_d", "log_qmax")
 
     def __init__(self, signed: bool | None = True, *, init_bits: int = 8, min_bits: int = 2,
                  max_bits: int = 16, pow2: bool = False, rounding: str = fp.DEFAULT_ROUNDING,
@@ -95,7 +98,6 @@ class LearnedQuantizer(nn.Module):
         # that give every parameter the same learning rate; see set_param_scale)
         self.raw_log_d = nn.Parameter(torch.tensor(math.log(2.0 ** -7)))
         self.raw_log_qmax = nn.Parameter(torch.tensor(0.0))
-        self.register_buffer("param_scale", torch.ones(()))
         self.register_buffer("_signed", torch.tensor(-1 if signed is None else int(bool(signed)), dtype=torch.int8))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
@@ -107,23 +109,12 @@ class LearnedQuantizer(nn.Module):
     @property
     def log_d(self) -> torch.Tensor:
         """Natural log of the step ``d``."""
-        return self.raw_log_d * self.param_scale
+        return self.scaled("log_d")
 
     @property
     def log_qmax(self) -> torch.Tensor:
         """Natural log of the range ``q_max``."""
-        return self.raw_log_qmax * self.param_scale
-
-    @torch.no_grad()
-    def set_param_scale(self, scale: float) -> None:
-        """Store the parameters as ``value / scale`` (values unchanged): with Adam the
-        values then move ``scale`` times faster than the optimizer's learning rate."""
-        if not scale > 0:
-            raise ValueError(f"scale={scale!r} must be > 0")
-        ld, lq = self.log_d.detach().clone(), self.log_qmax.detach().clone()
-        self.param_scale.fill_(float(scale))
-        self.raw_log_d.copy_(ld / scale)
-        self.raw_log_qmax.copy_(lq / scale)
+        return self.scaled("log_qmax")
 
     # ------------------------------------------------------------------ init
     @property
