@@ -73,6 +73,99 @@ class QspDepthToSpace(HLS4MLModule):
         return F.pixel_shuffle(x, self.factor)
 
 
+class QspDepthwiseConv2d(HLS4MLModule):
+    """Depthwise 2-D convolution (groups = channels, depth multiplier 1), NCHW, zero padding.
+
+    Maps to hls4ml's own ``DepthwiseConv2D`` (the layer the Keras frontend produces);
+    precision keys ``weight``, ``bias``, ``accum``, ``result``. Grouped convolution with
+    1 < groups < channels is not supported (refused here)."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray | None = None, stride=(1, 1), padding=(0, 0)):
+        super().__init__()
+        w = np.asarray(weight, np.float32)
+        if w.ndim != 4 or w.shape[1] != 1:
+            raise ValueError(f"QspDepthwiseConv2d: weight must be (C, 1, kh, kw), got {w.shape} "
+                             "(grouped convolution with 1 < groups < C is not supported)")
+        self.channels = int(w.shape[0])
+        self.kernel_size = (int(w.shape[2]), int(w.shape[3]))
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        # hls4ml's PyTorch frontend checks these two on every class whose name contains
+        # "Conv" (groups != 1 is refused there); the grouping lives in self.channels
+        self.padding_mode = "zeros"
+        self.groups = 1
+        self.register_buffer("weight", torch.as_tensor(w))
+        if bias is not None:
+            b = np.asarray(bias, np.float32).reshape(-1)
+            if b.shape != (self.channels,):
+                raise ValueError(f"QspDepthwiseConv2d: bias must be ({self.channels},), got {b.shape}")
+            self.register_buffer("bias", torch.as_tensor(b))
+        else:
+            self.bias = None
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, groups=self.channels)
+
+
+class QspScaleShift(HLS4MLModule):
+    """Per-channel ``x * scale[c] + shift[c]`` over (N, C, H, W), (N, C, L) or (N, C) inputs
+    (a BatchNorm with no weight layer before it). Precision keys ``scale``, ``bias`` (the
+    shift), ``result``; the product and the sum are exact (full width), one cast to result."""
+
+    def __init__(self, scale: np.ndarray, shift: np.ndarray):
+        super().__init__()
+        sc = np.asarray(scale, np.float32).reshape(-1)
+        sh = np.asarray(shift, np.float32).reshape(-1)
+        if sc.shape != sh.shape:
+            raise ValueError(f"QspScaleShift: scale {sc.shape} and shift {sh.shape} differ")
+        self.register_buffer("scale", torch.as_tensor(sc))
+        self.register_buffer("shift", torch.as_tensor(sh))
+
+    def forward(self, x):
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.scale.view(shape) + self.shift.view(shape)
+
+
+class QspClip(HLS4MLModule):
+    """``min(max(x, lo), hi)`` (ReLU6, Hardtanh, clamp); precision key ``result``. ``lo`` /
+    ``hi`` may be -inf / inf (no bound on that side); finite ones must be dyadic (exact in
+    a fixed-point type)."""
+
+    def __init__(self, lo: float, hi: float):
+        super().__init__()
+        self.lo, self.hi = float(lo), float(hi)
+        if not self.lo <= self.hi:
+            raise ValueError(f"QspClip: lo={lo} > hi={hi}")
+        for v in (self.lo, self.hi):
+            if np.isfinite(v):
+                _dyadic_format(v)  # raises if not representable
+
+    def forward(self, x):
+        return torch.clamp(x, self.lo if np.isfinite(self.lo) else None, self.hi if np.isfinite(self.hi) else None)
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    a, b = v
+    return int(a), int(b)
+
+
+def _dyadic_format(*values: float, max_frac: int = 48) -> tuple[int, int]:
+    """(W, I) of the smallest signed ap_fixed that holds every value exactly."""
+    frac = 0
+    for v in values:
+        f = 0
+        while v * 2.0 ** f != np.round(v * 2.0 ** f):
+            f += 1
+            if f > max_frac:
+                raise ValueError(f"{v!r} is not a fixed-point value with <= {max_frac} fraction bits")
+        frac = max(frac, f)
+    mag = max([abs(int(np.round(v * 2.0 ** frac))) for v in values] + [1])
+    width = mag.bit_length() + 1
+    return width, width - frac
+
+
 # ============================================================================ parsers
 def _parse_mask(operation, layer_name, input_names, input_shapes, node, class_object, data_reader, config):
     layer = {"class_name": "QspMaskHLS", "name": layer_name, "inputs": input_names,
@@ -92,6 +185,49 @@ def _parse_d2s(operation, layer_name, input_names, input_shapes, node, class_obj
     layer = {"class_name": "QspDepthToSpaceHLS", "name": layer_name, "inputs": input_names,
              "in_height": h, "in_width": w, "n_chan_in": c, "n_chan_out": c // (r * r), "factor": r}
     return layer, [input_shapes[0][0], c // (r * r), h * r, w * r]
+
+
+def _parse_depthwise(operation, layer_name, input_names, input_shapes, node, class_object, data_reader, config):
+    _, c, h, w = input_shapes[0]
+    kh, kw = class_object.kernel_size
+    sh, sw = class_object.stride
+    ph, pw = class_object.padding
+    oh = (h + 2 * ph - kh) // sh + 1
+    ow = (w + 2 * pw - kw) // sw + 1
+    layer = {"class_name": "DepthwiseConv2D", "name": layer_name, "inputs": input_names,
+             "data_format": "channels_first",
+             # (C, 1, kh, kw); hls4ml's channels-last pass transposes it to (kh, kw, 1, C)
+             "depthwise_data": class_object.weight.numpy().copy(),
+             "bias_data": None if class_object.bias is None else class_object.bias.numpy().copy(),
+             "in_height": h, "in_width": w, "n_chan": c, "n_filt": c, "depth_multiplier": 1,
+             "filt_height": kh, "filt_width": kw, "stride_height": sh, "stride_width": sw, "dilation": 1,
+             "pad_top": ph, "pad_bottom": ph, "pad_left": pw, "pad_right": pw,
+             "out_height": oh, "out_width": ow}
+    return layer, [input_shapes[0][0], c, oh, ow]
+
+
+def _parse_scale_shift(operation, layer_name, input_names, input_shapes, node, class_object, data_reader, config):
+    shape = list(input_shapes[0])
+    c = shape[1]
+    if class_object.scale.numel() != c:
+        raise ValueError(f"{layer_name}: QspScaleShift has {class_object.scale.numel()} channels, input {shape}")
+    layer = {"class_name": "QspScaleShiftHLS", "name": layer_name, "inputs": input_names,
+             "n_in": int(np.prod(shape[1:])), "n_chan": c,
+             "scale_data": class_object.scale.numpy().astype(np.float64),
+             "bias_data": class_object.shift.numpy().astype(np.float64)}
+    return layer, shape
+
+
+def _parse_clip(operation, layer_name, input_names, input_shapes, node, class_object, data_reader, config):
+    lo, hi = class_object.lo, class_object.hi
+    finite = [v for v in (lo, hi) if np.isfinite(v)] or [0.0]
+    width, integer = _dyadic_format(*finite)
+    layer = {"class_name": "QspClipHLS", "name": layer_name, "inputs": input_names,
+             "n_in": int(np.prod(input_shapes[0][1:])),
+             "has_lo": int(np.isfinite(lo)), "has_hi": int(np.isfinite(hi)),
+             "lo": repr(lo if np.isfinite(lo) else 0.0), "hi": repr(hi if np.isfinite(hi) else 0.0),
+             "bound_type": f"ap_fixed<{width},{integer}>"}
+    return layer, list(input_shapes[0])
 
 
 # ============================================================================ IR layers
@@ -123,6 +259,25 @@ class QspDepthToSpaceHLS(Layer):
                                   self.get_attr("in_width") * r])
 
 
+class QspScaleShiftHLS(Layer):
+    _expected_attributes = [Attribute("n_in"), Attribute("n_chan"), WeightAttribute("scale"),
+                            WeightAttribute("bias")]
+
+    def initialize(self):
+        self.add_output_variable(self.get_input_variable().shape)
+        self.add_weights_variable(name="scale", var_name="s{index}")
+        self.add_weights_variable(name="bias", var_name="b{index}")
+
+
+class QspClipHLS(Layer):
+    _expected_attributes = [Attribute("n_in"), Attribute("has_lo"), Attribute("has_hi"),
+                            Attribute("lo", value_type=str), Attribute("hi", value_type=str),
+                            Attribute("bound_type", value_type=str)]
+
+    def initialize(self):
+        self.add_output_variable(self.get_input_variable().shape)
+
+
 # ============================================================================ templates
 _MASK_CONFIG = """struct config{index} : nnet::qsp_mask_config {{
     static const unsigned n_in = {n_in};
@@ -141,6 +296,23 @@ _D2S_CONFIG = """struct config{index} : nnet::qsp_depth_to_space_config {{
     static const unsigned factor = {factor};
 }};\n"""
 _D2S_CALL = "nnet::qsp_depth_to_space<{input_t}, {output_t}, {config}>({input}, {output});"
+
+_SS_CONFIG = """struct config{index} : nnet::qsp_scale_shift_config {{
+    static const unsigned n_in = {n_in};
+    static const unsigned n_chan = {n_chan};
+    typedef {scale_t.name} scale_t;
+    typedef {bias_t.name} bias_t;
+}};\n"""
+_SS_CALL = "nnet::qsp_scale_shift<{input_t}, {output_t}, {config}>({input}, {output}, {scale}, {bias});"
+_CLIP_CONFIG = """struct config{index} : nnet::qsp_clip_config {{
+    static const unsigned n_in = {n_in};
+    static const bool has_lo = {has_lo};
+    static const bool has_hi = {has_hi};
+    typedef {bound_type} bound_t;
+    static bound_t lo() {{ return bound_t({lo}); }}
+    static bound_t hi() {{ return bound_t({hi}); }}
+}};\n"""
+_CLIP_CALL = "nnet::qsp_clip<{input_t}, {output_t}, {config}>({input}, {output});"
 
 
 def _config_template(layer_cls, text):
@@ -177,7 +349,12 @@ _LAYERS = [
     ("QspMask", _parse_mask, QspMaskHLS, _MASK_CONFIG, _MASK_CALL, "nnet_qsp_mask.h", ("mask",)),
     ("QspRequant", _parse_requant, QspRequantHLS, _REQ_CONFIG, _REQ_CALL, "nnet_qsp_mask.h", ()),
     ("QspDepthToSpace", _parse_d2s, QspDepthToSpaceHLS, _D2S_CONFIG, _D2S_CALL, "nnet_qsp_depth_to_space.h", ()),
+    ("QspScaleShift", _parse_scale_shift, QspScaleShiftHLS, _SS_CONFIG, _SS_CALL, "nnet_qsp_elementwise.h",
+     ("scale", "bias")),
+    ("QspClip", _parse_clip, QspClipHLS, _CLIP_CONFIG, _CLIP_CALL, "nnet_qsp_elementwise.h", ()),
 ]
+#: torch classes whose parser maps to one of hls4ml's own IR layers (no templates of ours)
+_NATIVE = [("QspDepthwiseConv2d", _parse_depthwise)]
 _registered = False
 
 
@@ -189,6 +366,8 @@ def register() -> None:
     for torch_name, parser, ir_cls, _c, _f, _h, _w in _LAYERS:
         hls4ml.converters.register_pytorch_layer_handler(torch_name, parser)
         register_layer(ir_cls.__name__, ir_cls)
+    for torch_name, parser in _NATIVE:
+        hls4ml.converters.register_pytorch_layer_handler(torch_name, parser)
     for backend_name in BACKENDS:
         backend = hls4ml.backends.get_backend(backend_name)
         for _t, _p, ir_cls, cfg, call, header, weights in _LAYERS:
