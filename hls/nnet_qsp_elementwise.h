@@ -68,40 +68,75 @@ ClipLoop:
 }
 
 // ---------------------------------------------------------------- io_stream
+// Usually one stream word = one pixel's channels on both sides. After a Flatten, hls4ml
+// leaves the input stream as it was (InplaceStreamFlatten: e.g. 1 value a word after the
+// channels-last transpose) while this layer's output is packed by its own (flat) shape, so
+// the input and output word sizes may differ: the general path walks the elements.
 template <class data_T, class res_T, typename CONFIG_T>
 void qsp_scale_shift(hls::stream<data_T> &data, hls::stream<res_T> &res,
                      const typename CONFIG_T::scale_t scale[CONFIG_T::n_chan],
                      const typename CONFIG_T::bias_t bias[CONFIG_T::n_chan]) {
-ScaleShiftPixels:
-    for (unsigned p = 0; p < CONFIG_T::n_in / data_T::size; p++) {
-        #pragma HLS PIPELINE
-        data_T in = data.read();
-        res_T out;
-        PRAGMA_DATA_PACK(out)
-    ScaleShiftChannels:
-        for (unsigned j = 0; j < data_T::size; j++) {
-            #pragma HLS UNROLL
-            const unsigned c = (p * data_T::size + j) % CONFIG_T::n_chan;
-            out[j] = (typename res_T::value_type)(in[j] * scale[c] + bias[c]);
+    if (data_T::size == res_T::size) {
+    ScaleShiftPixels:
+        for (unsigned p = 0; p < CONFIG_T::n_in / data_T::size; p++) {
+            #pragma HLS PIPELINE
+            data_T in = data.read();
+            res_T out;
+            PRAGMA_DATA_PACK(out)
+        ScaleShiftChannels:
+            for (unsigned j = 0; j < data_T::size; j++) {
+                #pragma HLS UNROLL
+                const unsigned c = (p * data_T::size + j) % CONFIG_T::n_chan;
+                out[j] = (typename res_T::value_type)(in[j] * scale[c] + bias[c]);
+            }
+            res.write(out);
         }
-        res.write(out);
+    } else {
+        data_T in;
+        res_T out;
+    ScaleShiftElements:
+        for (unsigned i = 0; i < CONFIG_T::n_in; i++) {
+            #pragma HLS PIPELINE
+            if (i % data_T::size == 0)
+                in = data.read();
+            const unsigned c = i % CONFIG_T::n_chan;
+            out[i % res_T::size] = (typename res_T::value_type)(in[i % data_T::size] * scale[c] + bias[c]);
+            if (i % res_T::size == res_T::size - 1)
+                res.write(out);
+        }
     }
 }
 
 template <class data_T, class res_T, typename CONFIG_T>
 void qsp_clip(hls::stream<data_T> &data, hls::stream<res_T> &res) {
-ClipPixels:
-    for (unsigned p = 0; p < CONFIG_T::n_in / data_T::size; p++) {
-        #pragma HLS PIPELINE
-        data_T in = data.read();
-        res_T out;
-        PRAGMA_DATA_PACK(out)
-    ClipChannels:
-        for (unsigned j = 0; j < data_T::size; j++) {
-            #pragma HLS UNROLL
-            out[j] = qsp_clip_one<typename data_T::value_type, typename res_T::value_type, CONFIG_T>(in[j]);
+    typedef typename data_T::value_type in_t;
+    typedef typename res_T::value_type out_t;
+    if (data_T::size == res_T::size) {
+    ClipPixels:
+        for (unsigned p = 0; p < CONFIG_T::n_in / data_T::size; p++) {
+            #pragma HLS PIPELINE
+            data_T in = data.read();
+            res_T out;
+            PRAGMA_DATA_PACK(out)
+        ClipChannels:
+            for (unsigned j = 0; j < data_T::size; j++) {
+                #pragma HLS UNROLL
+                out[j] = qsp_clip_one<in_t, out_t, CONFIG_T>(in[j]);
+            }
+            res.write(out);
         }
-        res.write(out);
+    } else {
+        data_T in;
+        res_T out;
+    ClipElements:
+        for (unsigned i = 0; i < CONFIG_T::n_in; i++) {
+            #pragma HLS PIPELINE
+            if (i % data_T::size == 0)
+                in = data.read();
+            out[i % res_T::size] = qsp_clip_one<in_t, out_t, CONFIG_T>(in[i % data_T::size]);
+            if (i % res_T::size == res_T::size - 1)
+                res.write(out);
+        }
     }
 }
 

@@ -107,6 +107,47 @@ class QspDepthwiseConv2d(HLS4MLModule):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, groups=self.channels)
 
 
+class QspGroupedConv2d(HLS4MLModule):
+    """Grouped 2-D convolution (any ``groups`` dividing both channel counts; depthwise with a
+    depth multiplier included), NCHW, zero padding.
+
+    Maps to hls4ml's plain ``Conv2D`` with a block-diagonal (zero-filled) dense weight:
+    exact, since the zero weights add exact zeros (their multipliers are constants 0: vendor
+    synthesis and distributed arithmetic drop them; Latency/Resource keep the array).
+    Precision keys ``weight``, ``bias``, ``accum``, ``result``."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray | None = None, stride=(1, 1), padding=(0, 0),
+                 groups: int = 1):
+        super().__init__()
+        w = np.asarray(weight, np.float32)
+        g = int(groups)
+        if w.ndim != 4 or g < 1 or w.shape[0] % g:
+            raise ValueError(f"QspGroupedConv2d: weight {w.shape} (C_out, C_in/groups, kh, kw) with groups={g}")
+        self.groups_ = g
+        self.out_channels = int(w.shape[0])
+        self.in_channels = int(w.shape[1]) * g
+        self.kernel_size = (int(w.shape[2]), int(w.shape[3]))
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.padding_mode = "zeros"
+        self.groups = 1  # see QspDepthwiseConv2d; the real group count is groups_
+        self.register_buffer("weight", torch.as_tensor(w))
+        self.register_buffer("bias", None if bias is None else torch.as_tensor(np.asarray(bias, np.float32).reshape(-1)))
+
+    def dense_weight(self) -> np.ndarray:
+        """The equivalent (C_out, C_in, kh, kw) weight, zero outside each group's block."""
+        w = self.weight.numpy()
+        g, co, ci = self.groups_, self.out_channels, self.in_channels
+        dense = np.zeros((co, ci) + self.kernel_size, np.float32)
+        cog, cig = co // g, ci // g
+        for k in range(g):
+            dense[k * cog:(k + 1) * cog, k * cig:(k + 1) * cig] = w[k * cog:(k + 1) * cog]
+        return dense
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, groups=self.groups_)
+
+
 class QspScaleShift(HLS4MLModule):
     """Per-channel ``x * scale[c] + shift[c]`` over (N, C, H, W), (N, C, L) or (N, C) inputs
     (a BatchNorm with no weight layer before it). Precision keys ``scale``, ``bias`` (the
@@ -204,6 +245,25 @@ def _parse_depthwise(operation, layer_name, input_names, input_shapes, node, cla
              "pad_top": ph, "pad_bottom": ph, "pad_left": pw, "pad_right": pw,
              "out_height": oh, "out_width": ow}
     return layer, [input_shapes[0][0], c, oh, ow]
+
+
+def _parse_grouped(operation, layer_name, input_names, input_shapes, node, class_object, data_reader, config):
+    _, c, h, w = input_shapes[0]
+    if c != class_object.in_channels:
+        raise ValueError(f"{layer_name}: QspGroupedConv2d expects {class_object.in_channels} channels, input {c}")
+    kh, kw = class_object.kernel_size
+    sh, sw = class_object.stride
+    ph, pw = class_object.padding
+    oh = (h + 2 * ph - kh) // sh + 1
+    ow = (w + 2 * pw - kw) // sw + 1
+    layer = {"class_name": "Conv2D", "name": layer_name, "inputs": input_names, "data_format": "channels_first",
+             "weight_data": class_object.dense_weight(),
+             "bias_data": None if class_object.bias is None else class_object.bias.numpy().copy(),
+             "in_height": h, "in_width": w, "n_chan": c, "n_filt": class_object.out_channels,
+             "filt_height": kh, "filt_width": kw, "stride_height": sh, "stride_width": sw, "dilation": 1,
+             "pad_top": ph, "pad_bottom": ph, "pad_left": pw, "pad_right": pw,
+             "out_height": oh, "out_width": ow}
+    return layer, [input_shapes[0][0], class_object.out_channels, oh, ow]
 
 
 def _parse_scale_shift(operation, layer_name, input_names, input_shapes, node, class_object, data_reader, config):
@@ -354,7 +414,7 @@ _LAYERS = [
     ("QspClip", _parse_clip, QspClipHLS, _CLIP_CONFIG, _CLIP_CALL, "nnet_qsp_elementwise.h", ()),
 ]
 #: torch classes whose parser maps to one of hls4ml's own IR layers (no templates of ours)
-_NATIVE = [("QspDepthwiseConv2d", _parse_depthwise)]
+_NATIVE = [("QspDepthwiseConv2d", _parse_depthwise), ("QspGroupedConv2d", _parse_grouped)]
 _registered = False
 
 
