@@ -1,28 +1,43 @@
 """Trained (converted) PyTorch model -> bundle graph.
 
-One small handler per module type, registered with :func:`exporter` (a new layer type is
-one function). The model must be sequential: nested ``nn.Sequential`` containers are
-walked in order; each leaf becomes zero or one node.
+The model is traced with torch.fx (:mod:`qsp.nn.capture`) and its shapes propagated on one
+zero input; every traced module call and function call becomes zero or one node that names
+its inputs. One small handler per module type (:func:`exporter`) and per function
+(:data:`_FUNCS`): a new layer type is one function. Anything else is reported at once,
+naming the module path or the source line, with the supported ops in user terms
+(:func:`check_model` runs the same walk on an untrained converted model, before training).
 """
 from __future__ import annotations
 
 
+import operator
+
 import numpy as np
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from .. import __version__
 from ..errors import BundleError, UnsupportedLayerError
+from ..fixedpoint import FixedFormat
 from ..nn import ActivationPruner, QLayer, Quantizer
+from ..nn.capture import ADD_FUNCS, CAT_FUNCS, QspTracer, where
 from ..registry import Registry
 from .io import Bundle
-from .schema import (AvgPool2dNode, Conv2dNode, FlattenNode, LinearNode, MaskNode,
-                     MaxPool2dNode, ModelRef, PixelShuffleNode, QSpec, QuantNode, ReluNode,
-                     TaskInfo, WeightFormat)
+from .schema import (GRAPH_INPUT, AddNode, AvgPool2dNode, ClipNode, ConcatNode, Conv2dNode, FlattenNode,
+                     LinearNode, MaskNode, MaxPool2dNode, ModelRef, PixelShuffleNode, QSpec, QuantNode,
+                     ReluNode, ScaleShiftNode, TaskInfo, WeightFormat)
 
 _HANDLERS = Registry("bundle exporter")
 #: modules that are the identity at inference
-SKIP = (nn.Dropout, nn.Dropout2d, nn.Identity)
+SKIP = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
+#: supported ops in user terms (for error messages)
+SUPPORTED = ("Linear", "Conv2d (groups=1, depthwise, grouped)", "BatchNorm1d/2d", "ReLU", "ReLU6", "Hardtanh",
+             "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d(1)", "Flatten", "PixelShuffle", "Dropout",
+             "add (+, torch.add)", "torch.cat(dim=1)", "torch.flatten / view / reshape to (N, -1)",
+             "mean over H and W", "F.relu / F.relu6 / F.hardtanh", "F.max_pool2d / F.avg_pool2d",
+             "F.adaptive_avg_pool2d(x, 1)")
 
 
 def exporter(*types):
@@ -41,6 +56,8 @@ class _Ctx:
         self.masks: dict[str, np.ndarray] = {}
         self.state: dict[str, np.ndarray] = {}
 
+        self.dry = False  # check_model: no trained formats required
+
     def name(self, base):
         self.counts[base] = self.counts.get(base, 0) + 1
         return f"{base}{self.counts[base]}"
@@ -50,10 +67,12 @@ def _pair(v):
     return list(v) if isinstance(v, (tuple, list)) else [int(v), int(v)]
 
 
-def _weight_format(q: QLayer, path: str) -> WeightFormat:
+def _weight_format(q: QLayer, path: str, dry: bool = False) -> WeightFormat:
     wq = q.quantizer
     if wq is None:
         raise BundleError(f"layer {path!r} has no weight quantizer: every weight layer must be quantized for hardware")
+    if dry:
+        return WeightFormat(wq.bits, 0, wq.signed, wq.rounding)
     if not wq.is_on:
         raise BundleError(f"the weight quantizer of {path!r} never turned on (its delay {wq.delay} was not reached "
                           f"in {wq.t} steps): train longer or lower the delay")
@@ -64,14 +83,16 @@ def _weight_format(q: QLayer, path: str) -> WeightFormat:
 def _export_weight_layer(ctx, path, q: QLayer, node_cls, name, in_shape, out_shape, **attrs):
     w, b = q.effective()
     w = w.detach().double().cpu().numpy()
-    wf = _weight_format(q, path)
+    wf = _weight_format(q, path, ctx.dry)
     node = node_cls(name=name, in_shape=in_shape, out_shape=out_shape, source=path, weight=wf,
                     weight_sparsity=float(np.mean(w == 0)), nonzeros=int(np.count_nonzero(w)), **attrs)
     ctx.weights[f"{name}.weight"] = w
     plain = path[4:] if path.startswith("net.") else path
     ctx.state[f"{plain}.weight"] = w.astype(np.float32)
+    if q.bn is not None:
+        node.source += f" (+ folded {type(q.bn).__name__})"
     if b is not None:
-        if q.bias_quant is None or not q.bias_quant.is_on:
+        if q.bias_quant is None or not (q.bias_quant.is_on or ctx.dry):
             raise BundleError(f"the bias of {path!r} is not quantized")
         node.bias = q.bias_quant.formats()[0]
         bb = b.detach().double().cpu().numpy()
@@ -87,8 +108,8 @@ def _qlayer(ctx, path, q, in_shape, out_shape):
         return _export_weight_layer(ctx, path, q, LinearNode, ctx.name("dense"), in_shape, out_shape,
                                     in_features=layer.in_features, out_features=layer.out_features)
     if isinstance(layer, nn.Conv2d):
-        if layer.groups != 1 or _pair(layer.dilation) != [1, 1]:
-            raise UnsupportedLayerError(f"layer {path!r} (Conv2d): groups != 1 or dilation != 1 is not supported")
+        if _pair(layer.dilation) != [1, 1]:
+            raise UnsupportedLayerError(f"layer {path!r} (Conv2d): dilation != 1 is not supported")
         if isinstance(layer.padding, str):
             raise UnsupportedLayerError(f"layer {path!r} (Conv2d): padding={layer.padding!r}; use integer padding")
         if layer.padding_mode != "zeros":
@@ -96,13 +117,16 @@ def _qlayer(ctx, path, q, in_shape, out_shape):
         return _export_weight_layer(ctx, path, q, Conv2dNode, ctx.name("conv"), in_shape, out_shape,
                                     in_channels=layer.in_channels, out_channels=layer.out_channels,
                                     kernel_size=_pair(layer.kernel_size), stride=_pair(layer.stride),
-                                    padding=_pair(layer.padding))
+                                    padding=_pair(layer.padding), groups=int(layer.groups))
     raise UnsupportedLayerError(f"layer {path!r}: {type(layer).__name__} is not supported by the bundle export "
-                                "(supported: Linear, Conv2d)")
+                                f"(supported: {', '.join(SUPPORTED)})")
 
 
 @exporter(Quantizer)
 def _quant(ctx, path, q, in_shape, out_shape):
+    if ctx.dry:
+        return QuantNode(name="input_quant" if path in ("input_quant", "") else ctx.name("quant"), in_shape=in_shape,
+                         out_shape=out_shape, source=path, format=FixedFormat(q.bits, 0, q.signed, q.rounding))
     if not q.is_on:
         raise BundleError(f"quantizer {path!r} never turned on (delay {q.delay}, {q.t} steps seen)")
     if q.channels:
@@ -113,6 +137,9 @@ def _quant(ctx, path, q, in_shape, out_shape):
 
 @exporter(ActivationPruner)
 def _mask(ctx, path, p, in_shape, out_shape):
+    if ctx.dry:
+        p.mask_for(in_shape) if p.mask.numel() else None  # the shape check (MaskShapeError)
+        return None
     if p.mask.numel() == 0:
         return None  # never pruned: the identity
     name = ctx.name("mask")
@@ -125,6 +152,62 @@ def _mask(ctx, path, p, in_shape, out_shape):
 @exporter(nn.ReLU)
 def _relu(ctx, path, m, in_shape, out_shape):
     return ReluNode(name=ctx.name("relu"), in_shape=in_shape, out_shape=out_shape, source=path)
+
+
+@exporter(nn.ReLU6, nn.Hardtanh)
+def _clip(ctx, path, m, in_shape, out_shape):
+    lo, hi = (0.0, 6.0) if isinstance(m, nn.ReLU6) else (float(m.min_val), float(m.max_val))
+    return ClipNode(name=ctx.name("clip"), in_shape=in_shape, out_shape=out_shape, source=path, lo=lo, hi=hi)
+
+
+#: a standalone BatchNorm's scale and shift: this many bits, fraction bits as many as fit
+SCALE_SHIFT_BITS = 16
+
+
+def _fit_format(a: np.ndarray, bits: int) -> FixedFormat:
+    """The signed ``bits``-bit format with the most fraction bits that holds every value
+    of ``a`` without saturating."""
+    m = float(np.max(np.abs(a))) if a.size else 0.0
+    frac = bits - 1 if m == 0 else bits - 1 - int(np.floor(np.log2(m))) - 1
+    fmt = FixedFormat(bits, frac, True)
+    while fmt.quantize_np(a).max(initial=0) < a.max(initial=0) or fmt.quantize_np(a).min(initial=0) > a.min(initial=0):
+        frac -= 1
+        fmt = FixedFormat(bits, frac, True)
+    return fmt
+
+
+@exporter(nn.BatchNorm1d, nn.BatchNorm2d)
+def _batchnorm(ctx, path, m, in_shape, out_shape):
+    """A BatchNorm with no weight layer before it: per-channel scale and shift, each
+    quantized to SCALE_SHIFT_BITS bits (round half to even)."""
+    if not m.track_running_stats or m.running_var is None:
+        raise UnsupportedLayerError(f"layer {path!r} ({type(m).__name__}): needs track_running_stats=True")
+    var = m.running_var.detach().double().cpu().numpy()
+    mean = m.running_mean.detach().double().cpu().numpy()
+    g = m.weight.detach().double().cpu().numpy() if m.affine else np.ones_like(var)
+    be = m.bias.detach().double().cpu().numpy() if m.affine else np.zeros_like(var)
+    scale = g / np.sqrt(var + m.eps)
+    shift = be - mean * scale
+    sf, bf = _fit_format(scale, SCALE_SHIFT_BITS), _fit_format(shift, SCALE_SHIFT_BITS)
+    name = ctx.name("scale_shift")
+    ctx.weights[f"{name}.weight"] = sf.quantize_np(scale)
+    ctx.weights[f"{name}.bias"] = bf.quantize_np(shift)
+    return ScaleShiftNode(name=name, in_shape=in_shape, out_shape=out_shape, source=path,
+                          channels=int(m.num_features), weight=sf, bias=bf)
+
+
+@exporter(nn.AdaptiveAvgPool2d)
+def _adaptive(ctx, path, m, in_shape, out_shape):
+    if _pair(m.output_size) != [1, 1]:
+        raise UnsupportedLayerError(f"layer {path!r} (AdaptiveAvgPool2d): only output size 1 (global average "
+                                    "pooling) is supported")
+    return _global_pool(ctx, path, in_shape)
+
+
+def _global_pool(ctx, path, in_shape):
+    c, h, w = in_shape
+    return AvgPool2dNode(name=ctx.name("avgpool"), in_shape=list(in_shape), out_shape=[c, 1, 1], source=path,
+                         kernel_size=[h, w], stride=[h, w])
 
 
 @exporter(nn.MaxPool2d, nn.AvgPool2d)
@@ -155,43 +238,205 @@ def _shuffle(ctx, path, m, in_shape, out_shape):
                             source=path, factor=int(m.upscale_factor))
 
 
-def sequential_leaves(model: nn.Module, prefix: str = ""):
-    """(path, module) of the leaves of nested Sequentials, in execution order."""
-    if isinstance(model, nn.Sequential):
-        for key, child in model.named_children():
-            yield from sequential_leaves(child, f"{prefix}{key}" if not prefix else f"{prefix}.{key}")
-        return
-    if _handler(model) is not None or isinstance(model, SKIP):
-        yield prefix, model
-        return
-    if isinstance(model, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        raise BundleError(f"layer {prefix!r} ({type(model).__name__}) was not quantized: wrap it with "
-                          "qsp.quantize or include it in qsp.convert")
-    raise UnsupportedLayerError(
-        f"layer {prefix!r} of type {type(model).__name__} is not supported by the bundle export "
-        f"(supported: {sorted(t.__name__ for t in _HANDLERS)} in nn.Sequential containers)")
+# ----------------------------------------------------------------------------- functions
+def _t_args(node: fx.Node) -> list[fx.Node]:
+    """The tensor-valued fx nodes among a call's arguments (nested lists included)."""
+    out = []
+
+    def visit(a):
+        if isinstance(a, fx.Node):
+            if isinstance(a.meta.get("tensor_meta"), torch.fx.passes.shape_prop.TensorMetadata):
+                out.append(a)
+        elif isinstance(a, (list, tuple)):
+            for b in a:
+                visit(b)
+    visit(list(node.args) + list(node.kwargs.values()))
+    return out
+
+
+def _arg(node, i, key, default=None):
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(key, default)
+
+
+def _fn_add(ctx, node, in_shapes, out_shape):
+    if len(in_shapes) < 2 or _arg(node, 2, "alpha", 1) != 1:
+        return "needs two tensors (a scalar add or alpha != 1 is not supported)"
+    return AddNode(name=ctx.name("add"), in_shape=in_shapes[0], out_shape=out_shape, source=where(node))
+
+
+def _fn_cat(ctx, node, in_shapes, out_shape):
+    dim = _arg(node, 1, "dim", 0)
+    if dim not in (1, -len(out_shape) - 1) or len(in_shapes) < 2:
+        return f"concatenation along dim={dim}: only the channel axis (dim=1) is supported"
+    return ConcatNode(name=ctx.name("concat"), in_shape=in_shapes[0], out_shape=out_shape, source=where(node))
+
+
+def _fn_flatten(ctx, node, in_shapes, out_shape):
+    if len(out_shape) != 1:
+        return f"reshapes {in_shapes[0]} to {out_shape}: only flattening to (N, -1) is supported"
+    if list(in_shapes[0]) == list(out_shape):
+        return None  # nothing to do
+    return FlattenNode(name=ctx.name("flatten"), in_shape=in_shapes[0], out_shape=out_shape, source=where(node))
+
+
+def _fn_mean(ctx, node, in_shapes, out_shape):
+    dims = _arg(node, 1, "dim")
+    dims = [dims] if isinstance(dims, int) else list(dims or [])
+    if len(in_shapes[0]) != 3 or sorted(d % 4 for d in dims) != [2, 3]:
+        return f"mean over dims {dims}: only the mean over H and W (dims 2, 3) is supported"
+    pool = _global_pool(ctx, where(node), in_shapes[0])
+    if _arg(node, 2, "keepdim", False):
+        return pool
+    c = in_shapes[0][0]
+    return [pool, FlattenNode(name=ctx.name("flatten"), in_shape=[c, 1, 1], out_shape=[c], source=where(node))]
+
+
+def _fn_adaptive(ctx, node, in_shapes, out_shape):
+    if _pair(_arg(node, 1, "output_size")) != [1, 1]:
+        return "only output size 1 (global average pooling) is supported"
+    return _global_pool(ctx, where(node), in_shapes[0])
+
+
+def _fn_pool(cls, base):
+    def fn(ctx, node, in_shapes, out_shape):
+        k = _pair(_arg(node, 1, "kernel_size"))
+        st = _arg(node, 2, "stride")
+        s = _pair(st) if st not in (None, [], ()) else k
+        if _pair(_arg(node, 3, "padding", 0)) != [0, 0] or _arg(node, 4 if cls is AvgPool2dNode else 5,
+                                                                 "ceil_mode", False):
+            return "padding / ceil_mode are not supported"
+        return cls(name=ctx.name(base), in_shape=in_shapes[0], out_shape=out_shape, source=where(node),
+                   kernel_size=k, stride=s)
+    return fn
+
+
+_FUNCS = {}
+for _k in ADD_FUNCS:
+    _FUNCS[_k] = _fn_add
+for _k in CAT_FUNCS:
+    _FUNCS[_k] = _fn_cat
+for _k in (torch.flatten, "flatten", "view", "reshape", torch.reshape):
+    _FUNCS[_k] = _fn_flatten
+for _k in ("mean", torch.mean):
+    _FUNCS[_k] = _fn_mean
+_FUNCS[F.adaptive_avg_pool2d] = _fn_adaptive
+_FUNCS[F.max_pool2d] = _fn_pool(MaxPool2dNode, "pool")
+_FUNCS[F.avg_pool2d] = _fn_pool(AvgPool2dNode, "avgpool")
+#: calls that yield no tensor (shapes) or the identity
+_PASS = {"size", getattr, "dim", operator.getitem, "contiguous", F.dropout, F.dropout2d}
+
+
+def _unsupported(node: fx.Node, why: str = "") -> UnsupportedLayerError:
+    return UnsupportedLayerError(f"{where(node)}: not supported by qsp{': ' + why if why else ''} "
+                                 f"(supported: {', '.join(SUPPORTED)})")
+
+
+def _walk(model: nn.Module, input_shape, dry: bool):
+    """(nodes, ctx) of the traced model (see the module doc)."""
+    from ..nn.capture import trace
+
+    gm = trace(model) if not isinstance(model, fx.GraphModule) else model
+    gm.graph.lint()
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    gm = fx.GraphModule(gm, gm.graph)  # ShapeProp writes meta: not on the model's own graph
+    ShapeProp(gm).propagate(torch.zeros((1,) + tuple(input_shape), device=dev))
+    ctx = _Ctx()
+    ctx.dry = dry
+    nodes, alias = [], {}
+
+    def shape(n: fx.Node):
+        return list(n.meta["tensor_meta"].shape[1:])
+
+    def add(fxn, made, ins):
+        made = [m for m in (made if isinstance(made, list) else [made]) if m is not None]
+        if not made:
+            alias[fxn] = alias[ins[0]]
+            return
+        prev = [alias[i] for i in ins]
+        for m in made:
+            m.inputs = prev
+            nodes.append(m)
+            prev = [m.name]
+        alias[fxn] = prev[0]
+
+    for fxn in gm.graph.nodes:
+        if fxn.op == "placeholder":
+            if alias:
+                raise UnsupportedLayerError(f"the model's forward takes more than one input ({fxn.name!r}): qsp "
+                                            "graphs have one input")
+            alias[fxn] = GRAPH_INPUT
+            continue
+        if fxn.op == "output":
+            outs = _t_args(fxn)
+            if len(outs) != 1:
+                raise UnsupportedLayerError(f"the model returns {len(outs)} tensors: qsp graphs have one output")
+            if not nodes or alias[outs[0]] != nodes[-1].name:
+                raise UnsupportedLayerError("the model's output is not its last computed value (qsp graphs end "
+                                            "in their output)")
+            continue
+        if fxn.op == "get_attr":
+            raise _unsupported(fxn, f"a tensor attribute {fxn.target!r} used as a value")
+        tm = fxn.meta.get("tensor_meta")
+        ins = _t_args(fxn)
+        if not isinstance(tm, torch.fx.passes.shape_prop.TensorMetadata):
+            if fxn.op == "call_module" or fxn.target not in _PASS:
+                raise _unsupported(fxn, "it does not produce one tensor")
+            continue  # sizes and other non-tensor values: consumed by reshapes
+        out_shape = shape(fxn)
+        in_shapes = [shape(i) for i in ins]
+        if fxn.op == "call_module":
+            mod = gm.get_submodule(fxn.target)
+            if isinstance(mod, SKIP):
+                add(fxn, None, ins)
+                continue
+            h = _handler(mod)
+            if h is None:
+                if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                    raise BundleError(f"layer {fxn.target!r} ({type(mod).__name__}) was not quantized: wrap it "
+                                      "with qsp.quantize or include it in qsp.convert")
+                raise _unsupported(fxn, f"{type(mod).__name__}")
+            add(fxn, h(ctx, fxn.target, mod, in_shapes[0], out_shape), ins)
+            continue
+        if fxn.target in _PASS:
+            add(fxn, None, ins)
+            continue
+        fn = _FUNCS.get(fxn.target)
+        if fn is None or not ins:
+            raise _unsupported(fxn)
+        made = fn(ctx, fxn, in_shapes, out_shape)
+        if isinstance(made, str):
+            raise _unsupported(fxn, made)
+        add(fxn, made, ins)
+    return nodes, ctx
 
 
 @torch.no_grad()
 def export_graph(model: nn.Module, input_shape):
-    """Walk ``model`` (sequential) on one zero input of ``input_shape`` (no batch) and return
+    """Trace ``model`` on one zero input of ``input_shape`` (no batch) and return
     (nodes, weights, masks, plain_state_dict)."""
     was = model.training
     model.eval()
     try:
-        leaves = list(sequential_leaves(model))
-        ctx = _Ctx()
-        nodes = []
-        dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-        x = torch.zeros((1,) + tuple(input_shape), device=dev)
-        for path, mod in leaves:
-            y = mod(x)
-            if not isinstance(mod, SKIP):
-                node = _handler(mod)(ctx, path, mod, list(x.shape[1:]), list(y.shape[1:]))
-                if node is not None:
-                    nodes.append(node)
-            x = y
+        nodes, ctx = _walk(model, input_shape, dry=False)
         return nodes, ctx.weights, ctx.masks, ctx.state
+    finally:
+        model.train(was)
+
+
+@torch.no_grad()
+def check_model(model: nn.Module, input_shape) -> list:
+    """Before training: the converted model traces, every op is one qsp supports, shapes
+    fit (activation masks included). Returns the bundle nodes it would export (formats
+    not yet trained); raises :class:`UnsupportedLayerError` naming the module or line."""
+    was = model.training
+    model.eval()
+    try:
+        nodes, _ = _walk(model, input_shape, dry=True)
+        if not nodes or not isinstance(nodes[0], QuantNode):
+            raise BundleError("the model's first operation must quantize the input (qsp.convert(input_bits=...))")
+        return nodes
     finally:
         model.train(was)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError
-from .schema import Conv2dNode, LinearNode, MaskNode, QSpec
+from .schema import (GRAPH_INPUT, Conv2dNode, LinearNode, MaskNode, QSpec, ScaleShiftNode, check_graph,
+                     input_shapes_ok, sequential_inputs)
 
 QSPEC = "qspec.json"
 WEIGHTS = "weights.npz"
@@ -52,12 +53,15 @@ class Bundle:
     def validate(self) -> "Bundle":
         """Every weight on its grid, pruned weights exactly zero, masks 0/1 of the right
         shape, shapes consistent along the graph."""
-        prev = None
-        for i, n in enumerate(self.qspec.graph):
-            if prev is not None and list(prev.out_shape) != list(n.in_shape):
-                raise BundleError(f"graph: node {n.name!r} expects input {n.in_shape} but {prev.name!r} "
-                                  f"produces {prev.out_shape}")
-            prev = n
+        graph = self.qspec.graph
+        sequential_inputs(graph)
+        check_graph(graph)
+        out_shape = {GRAPH_INPUT: list(graph[0].in_shape)} if graph else {}
+        for n in graph:
+            wrong = input_shapes_ok(n, [out_shape[x] for x in n.inputs])
+            if wrong:
+                raise BundleError(f"graph: node {n.name!r} ({n.op}) {wrong}")
+            out_shape[n.name] = list(n.out_shape)
             if isinstance(n, (LinearNode, Conv2dNode)):
                 key = f"{n.name}.weight"
                 if key not in self.weights:
@@ -75,6 +79,11 @@ class Bundle:
                 nz = int(np.count_nonzero(w))
                 if nz != n.nonzeros:
                     raise BundleError(f"qspec.json: node {n.name!r} says {n.nonzeros} nonzeros, weights have {nz}")
+            elif isinstance(n, ScaleShiftNode):
+                for key, f in ((f"{n.name}.weight", n.weight), (f"{n.name}.bias", n.bias)):
+                    a = self.weights.get(key)
+                    if a is None or f is None or a.shape != (n.channels,) or not f.contains(a):
+                        raise BundleError(f"{WEIGHTS}: {key} must be {n.channels} values on the grid of {f}")
             elif isinstance(n, MaskNode):
                 key = f"{n.name}.mask"
                 if key not in self.masks:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..bundle.graph import WEIGHTED, consumer_cols, find_link, link_after, refresh_counts, remove_units
 from ..bundle.io import Bundle
-from ..bundle.schema import LinearNode
+from ..bundle.schema import LinearNode, drop_nodes
 
 def _copy(bundle: Bundle) -> Bundle:
     return Bundle(copy.deepcopy(bundle.qspec), {k: v.copy() for k, v in bundle.weights.items()},
@@ -88,7 +88,7 @@ class FoldMasks(Transformation):
             else:
                 b.masks[f"{n.name}.mask"] = m
                 n.sparsity = float(np.mean(m == 0))
-        b.qspec.graph = [n for i, n in enumerate(g) if i not in drop]
+        b.qspec.graph = drop_nodes(g, [g[i].name for i in drop])
         return b.validate()
 
 

@@ -7,18 +7,18 @@ from collections import OrderedDict
 from dataclasses import dataclass, fields, replace
 from typing import Sequence
 
-from torch import nn
+from torch import fx, nn
 
 from .. import fixedpoint as fp
+from .capture import ADD_FUNCS, CAT_FUNCS, capture, drop_node, modules_in_order, weight_bn_pairs
 from .layers import QLayer, prune, quantize
 from .ops import ActivationPruner, Quantizer
 from .state import check_sparsity
 
 ORDERS = ("prune-then-quantize", "quantize-then-prune")
-WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 #: activation module -> output is non-negative (unsigned quantizer)
-ACTIVATIONS = {nn.ReLU: True, nn.ReLU6: True, nn.Sigmoid: True, nn.Hardsigmoid: True,
-               nn.LeakyReLU: False, nn.Tanh: False, nn.Hardtanh: False}
+ACTIVATIONS = {nn.ReLU: True, nn.ReLU6: True, nn.LeakyReLU: False, nn.Hardtanh: False}
 
 
 @dataclass(frozen=True)
@@ -112,32 +112,60 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def _flat_children(model: nn.Module, prefix=""):
-    """(name, module, parent, key) for every leaf in graph order of nested Sequentials,
-    and every module elsewhere in registration order."""
-    for key, child in model.named_children():
-        name = f"{prefix}{key}"
-        if len(list(child.children())) and not isinstance(child, (QLayer,) + WEIGHT_LAYERS):
-            yield from _flat_children(child, name + ".")
-        else:
-            yield name, child, model, key
+def _graph_parts(model: nn.Module):
+    """The captured graph module, its weight layers and activation modules in execution
+    order ((target, module) pairs)."""
+    gm = capture(model)
+    weights, acts = [], []
+    for node, mod in modules_in_order(gm):
+        if isinstance(mod, WEIGHT_LAYERS):
+            weights.append((node.target, mod))
+        elif type(mod) in ACTIVATIONS:
+            acts.append((node.target, mod))
+    return gm, weights, acts
+
+
+def _join_quant_targets(gm: fx.GraphModule) -> list[fx.Node]:
+    """add / concatenation nodes whose value is not read by an activation module alone: they
+    get an activation quantizer of their own (so a residual stream stays narrow)."""
+    out = []
+    for node in gm.graph.nodes:
+        if node.op not in ("call_function", "call_method"):
+            continue
+        if node.target not in ADD_FUNCS and node.target not in CAT_FUNCS:
+            continue
+        users = list(node.users)
+        if len(users) == 1 and users[0].op == "call_module" and \
+                type(gm.get_submodule(users[0].target)) in ACTIVATIONS:
+            continue
+        out.append(node)
+    return out
 
 
 def convert(model: nn.Module, plan: Plan | None = None, **overrides) -> nn.Module:
-    """Wrap every Linear/Conv (weights) and every activation module of ``model`` with qsp
-    operators according to ``plan`` (keyword overrides allowed, e.g. ``weight_bits=4``).
+    """Wrap every Linear/Conv (weights) and every activation of ``model`` with qsp operators
+    according to ``plan`` (keyword overrides allowed, e.g. ``weight_bits=4``).
+
+    The model is captured with torch.fx (:mod:`qsp.nn.capture`): any traceable ``forward``
+    works, and functional activations (``F.relu``, ``torch.relu``, ...) get exactly what
+    module activations get. A BatchNorm right after a Linear/Conv is folded into it
+    (:class:`QLayer` with ``bn``: fold-aware training). An add or concatenation whose value
+    is not read by an activation alone gets a signed activation quantizer (and pruner) of
+    its own.
 
     Layers named in ``plan.dense`` (``"first"``/``"last"`` mean the first/last weight
-    layer; other entries are fnmatch patterns) keep all their weights (they are still
-    quantized). ``include``/``exclude`` restrict which layers are touched at all.
-    Returns a model whose first module quantizes the input (``input_quant``) when
-    ``plan.input_bits`` is set; the original model is modified in place and is the
-    ``net`` child.
+    layer in execution order; other entries are fnmatch patterns on module paths) keep all
+    their weights (they are still quantized). ``include``/``exclude`` restrict which layers
+    are touched at all. Returns ``Sequential(input_quant, net)`` when ``plan.input_bits`` is
+    set, where ``net`` is the captured graph module (it shares the model's parameters).
     """
     plan = (plan or Plan()).with_(**overrides) if overrides else (plan or Plan())
     sch = plan.schedule()
-    leaves = list(_flat_children(model))
-    weight_names = [n for n, m, _, _ in leaves if isinstance(m, WEIGHT_LAYERS)]
+    gm, weights, acts = _graph_parts(model)
+    # the user's module is used (changed in place) when the captured graph calls exactly its
+    # modules; otherwise (functional activations, joins to quantize) the graph module is
+    graph_changed = any(n.op == "call_module" and not _has(model, n.target) for n in gm.graph.nodes)
+    weight_names = [n for n, _ in weights]
     dense = set()
     for d in plan.dense:
         if d == "first" and weight_names:
@@ -156,33 +184,75 @@ def convert(model: nn.Module, plan: Plan | None = None, **overrides) -> nn.Modul
                rounding=plan.rounding, quantiles=plan.quantiles)
     pkw = dict(start=sch.prune_start, interval=sch.prune_interval, repetition=sch.prune_repetition)
     p_first = plan.order == "prune-then-quantize"
+    bn_of = weight_bn_pairs(gm)
+    dense_acts = [d for d in plan.dense if d not in ("first", "last")]
 
-    for name, mod, parent, key in leaves:
+    def act_ops(name, signed):
+        ops = []
+        if plan.act_sparsity > 0 and not _matches(name, dense_acts):
+            ops.append(("prune", prune(sparsity=plan.act_sparsity, window=sch.window, **pkw)))
+        ops.append(("quant", quantize(bits=plan.act_bits, signed=signed, **qkw)))
+        return ops if p_first else ops[::-1]
+
+    for name, mod in weights:
         if not selected(name):
             continue
-        if isinstance(mod, WEIGHT_LAYERS):
-            q = QLayer(mod)
-            do_prune = plan.weight_sparsity > 0 and name not in dense
-            steps = []
-            if do_prune:
-                steps.append(lambda q: q.add_prune(sparsity=plan.weight_sparsity, **pkw))
-            steps.append(lambda q: q.add_quantize(plan.weight_bits, bias_bits=plan.bias_bits,
-                                                  per_channel=plan.per_channel, signed=True, **qkw))
-            for s in (steps if p_first else steps[::-1]):
-                s(q)
-            setattr(parent, key, q)
-        elif type(mod) in ACTIVATIONS and plan.quantize_activations:
-            ops = []
-            if plan.act_sparsity > 0 and not _matches(name, [d for d in plan.dense if d not in ("first", "last")]):
-                ops.append(("prune", prune(sparsity=plan.act_sparsity, window=sch.window, **pkw)))
-            ops.append(("quant", quantize(bits=plan.act_bits, signed=not ACTIVATIONS[type(mod)], **qkw)))
-            if not p_first:
-                ops = ops[::-1]
-            setattr(parent, key, nn.Sequential(OrderedDict([("act", mod)] + ops)))
+        bn = gm.get_submodule(bn_of[name]) if name in bn_of else None
+        q = QLayer(mod, bn=bn)
+        do_prune = plan.weight_sparsity > 0 and name not in dense
+        steps = []
+        if do_prune:
+            steps.append(lambda q: q.add_prune(sparsity=plan.weight_sparsity, **pkw))
+        steps.append(lambda q: q.add_quantize(plan.weight_bits, bias_bits=plan.bias_bits,
+                                              per_channel=plan.per_channel, signed=True, **qkw))
+        for s in (steps if p_first else steps[::-1]):
+            s(q)
+        _set(gm, name, q, model)
+        if bn is not None:
+            drop_node(gm, bn_of[name])
+            _set(gm, bn_of[name], None, model)
+    if plan.quantize_activations:
+        for name, mod in acts:
+            if selected(name):
+                _set(gm, name, nn.Sequential(OrderedDict([("act", mod)] + act_ops(name, not ACTIVATIONS[type(mod)]))),
+                     model)
+        joins = _join_quant_targets(gm)
+        graph_changed |= bool(joins)
+        for node in joins:
+            name = f"{node.name}_quant"
+            if not selected(name):
+                continue
+            gm.add_submodule(name, nn.Sequential(OrderedDict(act_ops(name, True))))
+            with gm.graph.inserting_after(node):
+                new = gm.graph.call_module(name, (node,))
+            node.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
+        gm.graph.lint()
+        gm.recompile()
+    net = gm if graph_changed else model
     if plan.input_bits is None:
-        return model
+        return net
     inq = quantize(bits=plan.input_bits, signed=plan.input_signed, **qkw)
-    return nn.Sequential(OrderedDict([("input_quant", inq), ("net", model)]))
+    return nn.Sequential(OrderedDict([("input_quant", inq), ("net", net)]))
+
+
+def _has(model: nn.Module, target: str) -> bool:
+    try:
+        model.get_submodule(target)
+        return True
+    except AttributeError:
+        return False
+
+
+def _set(gm: nn.Module, target: str, mod: nn.Module | None, model: nn.Module) -> None:
+    """Put ``mod`` at ``target`` in the graph module and in the user's model (``None``: a
+    folded BatchNorm, which becomes the identity in the user's model)."""
+    parent, _, key = target.rpartition(".")
+    for root in (gm, model):
+        if mod is None and root is gm and root is not model:
+            gm.delete_submodule(target)
+            continue
+        if _has(root, target):
+            setattr(root.get_submodule(parent) if parent else root, key, nn.Identity() if mod is None else mod)
 
 
 def qsp_modules(model: nn.Module):

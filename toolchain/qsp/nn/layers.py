@@ -22,13 +22,16 @@ class QLayer(nn.Module):
     Pickles, deep-copies and loads a state_dict into a freshly built twin.
     """
 
-    def __init__(self, layer: nn.Module):
+    def __init__(self, layer: nn.Module, bn: nn.Module | None = None):
         super().__init__()
         if not isinstance(getattr(layer, "weight", None), torch.Tensor):
             raise ValueError(
                 f"layer={type(layer).__name__} has no weight: qsp.quantize/qsp.prune take a layer with a "
                 "`weight` (Linear, Conv1d/2d/3d, ...), or no layer at all for activations")
+        if bn is not None and not (bn.affine and bn.track_running_stats):
+            raise ValueError("a BatchNorm folded into a layer needs affine=True and track_running_stats=True")
         self.layer = layer
+        self.bn = bn  # a BatchNorm folded into this layer (fold-aware training, see _weights)
         self.weight_ops = nn.ModuleList()
         self.bias_quant: Quantizer | None = None
 
@@ -40,7 +43,7 @@ class QLayer(nn.Module):
     def add_quantize(self, bits, bias_bits=None, per_channel=False, **kw) -> "QLayer":
         ch = self.layer.weight.shape[0] if per_channel else None
         self.weight_ops.append(Quantizer(bits, channels=ch, channel_axis=0, **kw))
-        if getattr(self.layer, "bias", None) is not None:
+        if getattr(self.layer, "bias", None) is not None or self.bn is not None:
             bkw = {k: v for k, v in kw.items() if k in ("delay", "window", "interval", "rounding")}
             self.bias_quant = Quantizer(bias_bits or min(24, 2 * bits), signed=True, **bkw)
         return self
@@ -62,14 +65,37 @@ class QLayer(nn.Module):
     def bias(self):
         return self.layer.bias
 
+    def _bn_scale(self):
+        bn = self.bn
+        return bn.weight / torch.sqrt(bn.running_var + bn.eps)
+
+    def _folded(self):
+        """(weight, bias) with the BatchNorm folded in with its running statistics:
+        ``w * g/s`` and ``beta + (b - mean) * g/s`` (``s = sqrt(var + eps)``)."""
+        w, b = self.layer.weight, self.layer.bias
+        if self.bn is None:
+            return w, b
+        scale = self._bn_scale()
+        w = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+        b0 = -self.bn.running_mean if b is None else b - self.bn.running_mean
+        return w, self.bn.bias + b0 * scale
+
     def _weights(self):
-        w = self.layer.weight
+        w, b = self._folded()
         for op in self.weight_ops:
             w = op(w)
-        b = self.layer.bias
         if b is not None and self.bias_quant is not None:
             b = self.bias_quant(b)
         return w, b
+
+    @property
+    def bn_frozen(self) -> bool:
+        """With a folded BatchNorm: True once the weight quantizer is on (then training
+        computes exactly what the hardware does: folded, quantized weight and bias with the
+        running statistics, which stop updating); before, batch statistics are used and
+        the running ones updated, as torch.ao's fused ConvBn modules do."""
+        q = self.quantizer
+        return q is not None and q.is_on
 
     @property
     def effective_weight(self) -> torch.Tensor:
@@ -84,8 +110,7 @@ class QLayer(nn.Module):
             return self._weights()
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x):
-        w, b = self._weights()
+    def _apply_layer(self, x, w, b):
         layer = self.layer
         if isinstance(layer, nn.Linear):
             return F.linear(x, w, b)
@@ -95,6 +120,22 @@ class QLayer(nn.Module):
         if b is not None:
             params["bias"] = b
         return torch.func.functional_call(layer, params, (x,))
+
+    def forward(self, x):
+        w, b = self._weights()
+        if self.bn is None or not self.training or self.bn_frozen:
+            return self._apply_layer(x, w, b)
+        # fold-aware training with batch statistics (torch.ao's ConvBn scheme): the layer
+        # runs with the folded weight, the per-channel scale is undone and BatchNorm is
+        # applied with the batch's statistics (updating the running ones)
+        bn = self.bn
+        y = self._apply_layer(x, w, None)
+        shape = (1, -1) + (1,) * (y.ndim - 2)
+        y = y / self._bn_scale().reshape(shape)
+        if self.layer.bias is not None:
+            y = y + self.layer.bias.reshape(shape)
+        return F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, True,
+                            0.1 if bn.momentum is None else bn.momentum, bn.eps)
 
 
 def quantize(layer: nn.Module | None = None, bits: int = 8, *, delay: int = 0, window: int = 1,

@@ -42,8 +42,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..bundle import (AvgPool2dNode, Bundle, Conv2dNode, FlattenNode, LinearNode, MaskNode,
-                      MaxPool2dNode, Node, PixelShuffleNode, QuantNode, ReluNode)
+from ..bundle.schema import sequential_inputs
+from ..bundle import (GRAPH_INPUT, AvgPool2dNode, Bundle, ClipNode, Conv2dNode, FlattenNode, LinearNode,
+                      MaskNode, MaxPool2dNode, Node, PixelShuffleNode, QuantNode, ReluNode, ScaleShiftNode,
+                      consumers)
 from ..errors import BundleError, QspError, UnsupportedLayerError
 from ..fixedpoint import ceil_log2, round_np, to_int_np, widen_to_cover
 
@@ -75,9 +77,10 @@ class Step:
     """One node with its input/output ranges and the integer constants it needs."""
 
     node: Node
-    in_info: TensorInfo | None  # None: the raw (float) graph input
+    in_info: TensorInfo | None  # first input; None: the raw (float) graph input
     out_info: TensorInfo
     params: dict = field(default_factory=dict)
+    in_infos: list = field(default_factory=list)  # every input (multi-input ops)
 
 
 @dataclass
@@ -116,11 +119,17 @@ _TRANSPARENT = (ReluNode, MaskNode, MaxPool2dNode, FlattenNode, PixelShuffleNode
 
 
 def _next_quant_frac(graph: list[Node], i: int) -> int | None:
-    for n in graph[i + 1:]:
+    """Fraction bits of the quantize node that alone reads node ``i``'s value (through
+    single-consumer transparent nodes), else None."""
+    cons = consumers(graph)
+    name = graph[i].name
+    while len(cons[name]) == 1:
+        n = cons[name][0]
         if isinstance(n, QuantNode):
             return n.format.frac
         if not isinstance(n, _TRANSPARENT):
             return None
+        name = n.name
     return None
 
 
@@ -206,10 +215,12 @@ def _infer_linear(bundle, graph, i, node: LinearNode, info):
 def _infer_conv(bundle, graph, i, node: Conv2dNode, info):
     info = _need_info(node, info)
     w, wf = weight_codes(bundle, node)
-    if w.ndim != 4 or w.shape[1] != node.in_shape[0]:
-        raise BundleError(f"node {node.name!r}: weight shape {list(w.shape)} does not match input {node.in_shape}")
+    g = int(node.groups)
+    if g < 1 or node.in_shape[0] % g or w.ndim != 4 or w.shape[0] % g or w.shape[1] * g != node.in_shape[0]:
+        raise BundleError(f"node {node.name!r}: weight shape {list(w.shape)} (groups {g}) does not match input "
+                          f"{node.in_shape}")
     out, params = _infer_weighted(bundle, node, info, np.abs(w).reshape(w.shape[0], -1).sum(axis=1), w, wf)
-    params.update(kernel=_pair(node.kernel_size), stride=_pair(node.stride), padding=_pair(node.padding))
+    params.update(kernel=_pair(node.kernel_size), stride=_pair(node.stride), padding=_pair(node.padding), groups=g)
     return out, params
 
 
@@ -265,20 +276,74 @@ def _infer_shuffle(bundle, graph, i, node: PixelShuffleNode, info):
     return info, {"factor": r}
 
 
+@_op("clip", _INFER)
+def _infer_clip(bundle, graph, i, node: ClipNode, info):
+    info = _need_info(node, info)
+    lo, hi = (np.ldexp(float(v), info.frac) for v in (node.lo, node.hi))
+    if lo != np.floor(lo) or hi != np.floor(hi) or lo > hi:
+        raise BundleError(f"node {node.name!r} (clip): bounds [{node.lo}, {node.hi}] are not on the input grid "
+                          f"2^-{info.frac}")
+    lo, hi = int(lo), int(hi)
+    return TensorInfo(info.frac, max(min(info.bound, max(abs(lo), abs(hi))), 0), lo < 0), {"lo": lo, "hi": hi}
+
+
+@_op("scale_shift", _INFER)
+def _infer_scale_shift(bundle, graph, i, node: ScaleShiftNode, info):
+    info = _need_info(node, info)
+    try:
+        sc = to_int_np(bundle.weight(node.name), node.weight.frac)
+        sh = to_int_np(bundle.bias(node.name), node.bias.frac)
+    except (KeyError, ValueError, AttributeError) as e:
+        raise BundleError(f"node {node.name!r} (scale_shift): scale/shift not usable ({e})") from None
+    pf = info.frac + node.weight.frac
+    out_f = max(pf, node.bias.frac)
+    sp, sb = out_f - pf, out_f - node.bias.frac
+    bound = max((abs(int(a)) * info.bound << sp) + (abs(int(b)) << sb) for a, b in zip(sc, sh))
+    _check_bound(node, bound)
+    return TensorInfo(out_f, bound, True), {"scale": sc, "shift": sh, "sp": sp, "sb": sb}
+
+
+@_op("add", _INFER)
+def _infer_add(bundle, graph, i, node, infos):
+    for x in infos:
+        _need_info(node, x)
+    f = max(x.frac for x in infos)
+    shifts = [f - x.frac for x in infos]
+    bound = sum(x.bound << s for x, s in zip(infos, shifts))
+    _check_bound(node, bound)
+    return TensorInfo(f, bound, any(x.signed for x in infos)), {"shifts": shifts}
+
+
+@_op("concat", _INFER)
+def _infer_concat(bundle, graph, i, node, infos):
+    for x in infos:
+        _need_info(node, x)
+    f = max(x.frac for x in infos)
+    shifts = [f - x.frac for x in infos]
+    bound = max(x.bound << s for x, s in zip(infos, shifts))
+    _check_bound(node, bound)
+    return TensorInfo(f, bound, any(x.signed for x in infos)), {"shifts": shifts}
+
+
+#: ops that read two or more inputs (their handlers get lists)
+MULTI_INPUT = {"add", "concat"}
+
+
 def analyze(bundle: Bundle) -> list[Step]:
     """Range analysis of the graph: per node, the fraction bits and largest code of its
-    input and output, plus the integer constants (weights, bias, mask) it uses. Raises
+    inputs and output, plus the integer constants (weights, bias, mask) it uses. Raises
     :class:`QspError` where an exact int64 computation could overflow."""
-    graph = list(bundle.graph)
+    graph = sequential_inputs(list(bundle.graph))
     steps: list[Step] = []
-    info: TensorInfo | None = None
+    infos: dict[str, TensorInfo | None] = {GRAPH_INPUT: None}
     for i, node in enumerate(graph):
         fn = _INFER.get(node.op)
         if fn is None:
             raise UnsupportedLayerError(f"node {node.name!r}: op {node.op!r} is not supported by the emulator")
-        out, params = fn(bundle, graph, i, node, info)
-        steps.append(Step(node, info, out, params))
-        info = out
+        ins = [infos[x] for x in node.inputs]
+        out, params = fn(bundle, graph, i, node, ins if node.op in MULTI_INPUT else ins[0])
+        steps.append(Step(node, ins[0], out, params, ins))
+        infos[node.name] = out
     return steps
 
 
@@ -326,20 +391,26 @@ def _run_linear(step: Step, x: Fixed):
 def _run_conv(step: Step, x: Fixed):
     p = step.params
     (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["padding"]
-    w = p["w"]
+    w, g = p["w"], p.get("groups", 1)
     o = w.shape[0]
-    w2 = w.reshape(o, -1).T
+    og, cg = o // g, w.shape[1]  # outputs and input channels per group
     codes = np.pad(x.codes, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     b = codes.shape[0]
     oh, ow = step.node.out_shape[1], step.node.out_shape[2]
-    per_sample = oh * ow * w2.shape[0]
+    per_sample = oh * ow * cg * kh * kw * g
     chunk = max(1, _CHUNK_ELEMENTS // max(per_sample, 1))
     out = np.empty((b, o, oh, ow), dtype=np.int64)
     for s in range(0, b, chunk):
         win = _windows(codes[s:s + chunk], (kh, kw), (sh, sw))[:, :, :oh, :ow]
-        cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, w2.shape[0])
-        acc = int_matmul(cols, w2, p["prod_bound"]).reshape(win.shape[0], oh, ow, o)
-        out[s:s + chunk] = acc.transpose(0, 3, 1, 2)
+        nb = win.shape[0]
+        # (B, OH, OW, G, Cg*kh*kw) @ (G, Cg*kh*kw, Og) per group
+        cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(nb * oh * ow, g, cg * kh * kw)
+        w2 = w.reshape(g, og, cg * kh * kw).transpose(0, 2, 1)
+        if g == 1:
+            acc = int_matmul(cols[:, 0], w2[0], p["prod_bound"])
+        else:
+            acc = np.stack([int_matmul(cols[:, k], w2[k], p["prod_bound"]) for k in range(g)], axis=1)
+        out[s:s + chunk] = acc.reshape(nb, oh, ow, o).transpose(0, 3, 1, 2)
     return Fixed(_add_bias(out, p, 1), step.out_info.frac)
 
 
@@ -381,6 +452,53 @@ def _run_shuffle(step: Step, x: Fixed):
     return Fixed(y.reshape(b, c // (r * r), h * r, w * r), x.frac)
 
 
+@_op("clip", _RUN)
+def _run_clip(step: Step, x: Fixed):
+    return Fixed(np.clip(x.codes, step.params["lo"], step.params["hi"]), x.frac)
+
+
+@_op("scale_shift", _RUN)
+def _run_scale_shift(step: Step, x: Fixed):
+    p = step.params
+    shape = (1, -1) + (1,) * (x.codes.ndim - 2)
+    y = ((x.codes * p["scale"].reshape(shape)) << p["sp"]) + (p["shift"].reshape(shape) << p["sb"])
+    return Fixed(y, step.out_info.frac)
+
+
+@_op("add", _RUN)
+def _run_add(step: Step, xs: list):
+    y = sum(x.codes << s for x, s in zip(xs, step.params["shifts"]))
+    return Fixed(y, step.out_info.frac)
+
+
+@_op("concat", _RUN)
+def _run_concat(step: Step, xs: list):
+    return Fixed(np.concatenate([x.codes << s for x, s in zip(xs, step.params["shifts"])], axis=1),
+                 step.out_info.frac)
+
+
+def run_steps(steps: list[Step], x, each=None):
+    """Run analysed steps on input ``x`` (graph order); ``each(step, Fixed)`` sees every
+    node's output. Returns the last node's output."""
+    env = {GRAPH_INPUT: x}
+    last = steps[-1].node.name
+    uses: dict[str, int] = {}
+    for st in steps:
+        for name in st.node.inputs:
+            uses[name] = uses.get(name, 0) + 1
+    for st in steps:
+        ins = [env[n] for n in st.node.inputs]
+        y = _RUN[st.node.op](st, ins if st.node.op in MULTI_INPUT else ins[0])
+        env[st.node.name] = y
+        if each is not None:
+            each(st, y)
+        for name in st.node.inputs:  # free what no later node reads
+            uses[name] -= 1
+            if uses[name] == 0 and name != last:
+                env.pop(name, None)
+    return env[last]
+
+
 # ============================================================================ entry points
 def _check_input(bundle: Bundle, x) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
@@ -399,12 +517,10 @@ def emulate(bundle: Bundle, x: np.ndarray, trace: bool = False, steps: list[Step
     every node in graph order. ``steps`` (from :func:`analyze`) may be passed to reuse one
     analysis over several calls."""
     steps = analyze(bundle) if steps is None else steps
-    cur = _check_input(bundle, x)
+    x = _check_input(bundle, x)
     out: dict[str, np.ndarray] = {}
-    for st in steps:
-        cur = _RUN[st.node.op](st, cur)
-        if trace:
-            out[st.node.name] = cur.to_float(st.node.name)
+    each = (lambda st, y: out.__setitem__(st.node.name, y.to_float(st.node.name))) if trace else None
+    cur = run_steps(steps, x, each)
     if trace:
         return out
     if not isinstance(cur, Fixed):
@@ -414,11 +530,8 @@ def emulate(bundle: Bundle, x: np.ndarray, trace: bool = False, steps: list[Step
 
 def emulate_codes(bundle: Bundle, x: np.ndarray) -> list[tuple[str, Fixed]]:
     """Per node, the exact integer codes and fraction bits (for reports)."""
-    cur = _check_input(bundle, x)
     res = []
-    for st in analyze(bundle):
-        cur = _RUN[st.node.op](st, cur)
-        res.append((st.node.name, cur))
+    run_steps(analyze(bundle), _check_input(bundle, x), lambda st, y: res.append((st.node.name, y)))
     return res
 
 
@@ -436,7 +549,12 @@ def fake_quant_forward(bundle: Bundle, x, trace: bool = False):
         "quantize": lambda n, t: n.format.quantize_torch(t),
         "linear": lambda n, t: F.linear(t, _t(bundle.weight(n.name)), _tb(bundle.bias(n.name))),
         "conv2d": lambda n, t: F.conv2d(t, _t(bundle.weight(n.name)), _tb(bundle.bias(n.name)),
-                                        stride=_pair(n.stride), padding=_pair(n.padding)),
+                                        stride=_pair(n.stride), padding=_pair(n.padding), groups=int(n.groups)),
+        "clip": lambda n, t: torch.clamp(t, float(n.lo), float(n.hi)),
+        "scale_shift": lambda n, t: (t * _t(bundle.weight(n.name)).reshape((-1,) + (1,) * (t.ndim - 2))
+                                     + _t(bundle.bias(n.name)).reshape((-1,) + (1,) * (t.ndim - 2))),
+        "add": lambda n, ts: sum(ts[1:], ts[0]),
+        "concat": lambda n, ts: torch.cat(ts, dim=1),
         "relu": lambda n, t: F.relu(t),
         "mask": lambda n, t: t * _t(bundle.mask(n.name)),
         "maxpool2d": lambda n, t: F.max_pool2d(t, _pair(n.kernel_size), _pair(n.stride)),
@@ -453,11 +571,12 @@ def fake_quant_forward(bundle: Bundle, x, trace: bool = False):
 
     out = {}
     with torch.no_grad():
-        t = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        env = {GRAPH_INPUT: torch.as_tensor(np.asarray(x, dtype=np.float32))}
         for n in bundle.graph:
             if n.op not in handlers:
                 raise UnsupportedLayerError(f"node {n.name!r}: op {n.op!r} has no float32 forward")
-            t = handlers[n.op](n, t)
+            ins = [env[i] for i in n.inputs]
+            t = env[n.name] = handlers[n.op](n, ins if n.op in MULTI_INPUT else ins[0])
             if trace:
                 out[n.name] = t.double().numpy()
     return out if trace else t.double().numpy()
