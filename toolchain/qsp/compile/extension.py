@@ -1,6 +1,6 @@
 """qsp's own HLS layers, registered with hls4ml 1.3.0's extension mechanism.
 
-Three layers, each a torch module (an ``HLS4MLModule``, so hls4ml's tracer keeps it a
+Five layers, each a torch module (an ``HLS4MLModule``, so hls4ml's tracer keeps it a
 leaf), a parser for hls4ml's PyTorch frontend, an IR layer, config/function templates for
 the Vivado and Vitis backends and a C++ header in ``hls/`` (array overload for
 io_parallel, ``hls::stream`` overload for io_stream):
@@ -8,7 +8,17 @@ io_parallel, ``hls::stream`` overload for io_stream):
 * ``QspMask``: elementwise constant 0/1 activation mask (``hls/nnet_qsp_mask.h``);
 * ``QspRequant``: a standalone re-quantization (a cast to the layer's ``result`` type,
   for a quantize node that cannot fold into the layer before it);
-* ``QspDepthToSpace``: PyTorch's PixelShuffle (``hls/nnet_qsp_depth_to_space.h``).
+* ``QspDepthToSpace``: PyTorch's PixelShuffle (``hls/nnet_qsp_depth_to_space.h``);
+* ``QspScaleShift``: per-channel ``x * scale + shift`` (``hls/nnet_qsp_elementwise.h``);
+* ``QspClip``: ``min(max(x, lo), hi)`` (ReLU6, Hardtanh; ``hls/nnet_qsp_elementwise.h``).
+
+Two more torch modules only need a parser, mapping to hls4ml's own IR layers:
+
+* ``QspDepthwiseConv2d`` -> hls4ml's ``DepthwiseConv2D``;
+* ``QspGroupedConv2d`` -> hls4ml's ``Conv2D`` with a block-diagonal weight.
+
+Exactness rules for each, and for hls4ml's native add / concat / LeakyReLU / average
+pooling: ``docs/hls4ml-ops.md``.
 
 hls4ml's channels-last conversion only transposes tensors named like ``weight``, so the
 mask is handed to hls4ml already in the channels-last (H, W, C) order: ``mask_hls``.
