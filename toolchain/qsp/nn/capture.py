@@ -172,3 +172,6 @@ def drop_node(gm: fx.GraphModule, target: str) -> None:
 #: functions whose output is the sum / channel concatenation of their tensor inputs
 ADD_FUNCS = {operator.add, torch.add, operator.iadd, "add", "add_"}
 CAT_FUNCS = {torch.cat, torch.concat}
+#: average pooling (its value gets a quantizer in qsp.convert)
+POOL_FUNCS = {F.avg_pool2d, F.adaptive_avg_pool2d, "mean", torch.mean}
+POOL_MODULES = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)

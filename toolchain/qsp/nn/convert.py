@@ -10,7 +10,7 @@ from typing import Sequence
 from torch import fx, nn
 
 from .. import fixedpoint as fp
-from .capture import ADD_FUNCS, CAT_FUNCS, capture, drop_node, modules_in_order, weight_bn_pairs
+from .capture import ADD_FUNCS, CAT_FUNCS, POOL_FUNCS, POOL_MODULES, capture, drop_node, modules_in_order, weight_bn_pairs
 from .layers import QLayer, prune, quantize
 from .ops import ActivationPruner, Quantizer
 from .state import check_sparsity
@@ -125,18 +125,30 @@ def _graph_parts(model: nn.Module):
     return gm, weights, acts
 
 
+def _is_activation(m: nn.Module) -> bool:
+    """An activation module, or one already wrapped as ``Sequential(act, ...)``."""
+    if isinstance(m, nn.Sequential) and "act" in m._modules:
+        m = m.act
+    return type(m) in ACTIVATIONS
+
+
 def _join_quant_targets(gm: fx.GraphModule) -> list[fx.Node]:
-    """add / concatenation nodes whose value is not read by an activation module alone: they
-    get an activation quantizer of their own (so a residual stream stays narrow)."""
+    """add / concatenation / average-pooling nodes whose value is not read by an activation
+    module alone: they get an activation quantizer of their own (a residual stream stays
+    narrow; a mean over a window that is not a power of two is not a fixed-point value until
+    it is quantized)."""
     out = []
     for node in gm.graph.nodes:
-        if node.op not in ("call_function", "call_method"):
-            continue
-        if node.target not in ADD_FUNCS and node.target not in CAT_FUNCS:
+        if node.op in ("call_function", "call_method"):
+            if node.target not in ADD_FUNCS and node.target not in CAT_FUNCS and node.target not in POOL_FUNCS:
+                continue
+        elif node.op == "call_module":
+            if not isinstance(gm.get_submodule(node.target), POOL_MODULES):
+                continue
+        else:
             continue
         users = list(node.users)
-        if len(users) == 1 and users[0].op == "call_module" and \
-                type(gm.get_submodule(users[0].target)) in ACTIVATIONS:
+        if len(users) == 1 and users[0].op == "call_module" and _is_activation(gm.get_submodule(users[0].target)):
             continue
         out.append(node)
     return out

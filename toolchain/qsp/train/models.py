@@ -1,5 +1,8 @@
-"""Reference models: factories that return plain ``nn.Sequential`` (the bundle exporter
-walks them layer by layer), registered by name with :func:`model`.
+"""Reference models, registered by name with :func:`model`: ``mlp``, ``lenet``, ``espcn``
+(plain ``nn.Sequential``) and the networks FPGA/edge users deploy, written as ordinary
+``nn.Module`` subclasses with functional calls (the bundle exporter traces them with
+torch.fx): ``resnet8`` (MLPerf Tiny image classification), ``mobilenet_v2_tiny`` (inverted
+residual blocks) and ``ds_cnn`` (depthwise-separable CNN, MLPerf Tiny keyword spotting).
 
 Every factory takes only keyword arguments that fully determine the architecture, so a
 bundle rebuilds the module from ``factory path + kwargs + state_dict`` without pickle.
@@ -14,6 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -100,6 +105,137 @@ def espcn(in_channels: int = 1, scale: int = 3, channels: Sequence[int] = (16, 8
         nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(),
         nn.Conv2d(c2, in_channels * scale * scale, 3, padding=1),
         nn.PixelShuffle(scale))
+
+
+# ============================================================================ real networks
+def _image_defaults(widths):
+    def fn(input_shape, info):
+        if len(input_shape) != 3:
+            raise ConfigError(f"model: needs image inputs [C, H, W], the task gives {list(input_shape)}")
+        return {"in_channels": int(input_shape[0]), "num_classes": int(info.get("num_classes", 10)),
+                "channels": list(widths)}
+    return fn
+
+
+def _conv_bn(cin, cout, k=3, stride=1, groups=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout))
+
+
+class ResidualBlock(nn.Module):
+    """ResNet v1 basic block: conv-BN-ReLU, conv-BN, + shortcut (identity, or a strided 1x1
+    conv projection where the shape changes), ReLU (functional)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = _conv_bn(cin, cout, 3, stride)
+        self.conv2 = _conv_bn(cout, cout, 3, 1)
+        self.shortcut = None if stride == 1 and cin == cout else nn.Conv2d(cin, cout, 1, stride)
+
+    def forward(self, x):
+        y = F.relu(self.conv1(x))
+        y = self.conv2(y)
+        s = x if self.shortcut is None else self.shortcut(x)
+        return F.relu(y + s)
+
+
+class ResNet8(nn.Module):
+    """MLPerf Tiny's ResNet-8 (``resnet_v1_eembc``): 3x3 conv stem with BN and ReLU, three
+    stacks of one basic block (``channels`` 16/32/64, strides 1/2/2, 1x1 strided projection
+    shortcuts where the shape changes), global average pooling, dense. 78 k parameters at
+    16/32/64 for 32x32x3 inputs."""
+
+    def __init__(self, in_channels=3, num_classes=10, channels=(16, 32, 64)):
+        super().__init__()
+        c1, c2, c3 = (int(c) for c in channels)
+        self.stem = _conv_bn(in_channels, c1, 3, 1)
+        self.stack1 = ResidualBlock(c1, c1, 1)
+        self.stack2 = ResidualBlock(c1, c2, 2)
+        self.stack3 = ResidualBlock(c2, c3, 2)
+        self.fc = nn.Linear(c3, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = self.stack3(self.stack2(self.stack1(x)))
+        x = F.adaptive_avg_pool2d(x, 1)
+        return self.fc(torch.flatten(x, 1))
+
+
+@model("resnet8", _image_defaults((16, 32, 64)))
+def resnet8(in_channels: int = 3, num_classes: int = 10, channels: Sequence[int] = (16, 32, 64)) -> nn.Module:
+    return ResNet8(in_channels, num_classes, channels)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand conv + BN + ReLU6, 3x3 depthwise conv + BN + ReLU6,
+    1x1 project conv + BN (linear), residual add when stride is 1 and channels match."""
+
+    def __init__(self, cin, cout, stride, expand):
+        super().__init__()
+        mid = cin * expand
+        self.expand = nn.Sequential(_conv_bn(cin, mid, 1), nn.ReLU6()) if expand != 1 else None
+        self.dw = nn.Sequential(_conv_bn(mid, mid, 3, stride, groups=mid), nn.ReLU6())
+        self.project = _conv_bn(mid, cout, 1)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = x if self.expand is None else self.expand(x)
+        y = self.project(self.dw(y))
+        return x + y if self.residual else y
+
+
+class MobileNetV2Tiny(nn.Module):
+    """A small MobileNetV2: stem conv 3x3 + BN + ReLU6, inverted residual blocks
+    (expansion, channels, stride) = (1, c0, 1), (4, c1, 2), (4, c1, 1), (4, c2, 2), (4, c2, 1),
+    1x1 conv head + BN + ReLU6, global average pooling, dense."""
+
+    def __init__(self, in_channels=1, num_classes=10, channels=(8, 16, 24), stem=16, head=64):
+        super().__init__()
+        c0, c1, c2 = (int(c) for c in channels)
+        self.stem = nn.Sequential(_conv_bn(in_channels, stem, 3, 1), nn.ReLU6())
+        cfg = [(1, c0, 1), (4, c1, 2), (4, c1, 1), (4, c2, 2), (4, c2, 1)]
+        blocks, cin = [], stem
+        for t, c, s in cfg:
+            blocks.append(InvertedResidual(cin, c, s, t))
+            cin = c
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(_conv_bn(cin, head, 1), nn.ReLU6())
+        self.fc = nn.Linear(head, num_classes)
+
+    def forward(self, x):
+        x = self.head(self.blocks(self.stem(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+@model("mobilenet_v2_tiny", _image_defaults((8, 16, 24)))
+def mobilenet_v2_tiny(in_channels: int = 1, num_classes: int = 10, channels: Sequence[int] = (8, 16, 24),
+                      stem: int = 16, head: int = 64) -> nn.Module:
+    return MobileNetV2Tiny(in_channels, num_classes, channels, stem, head)
+
+
+class DSCNN(nn.Module):
+    """Depthwise-separable CNN (MLPerf Tiny's keyword-spotting DS-CNN topology): a strided
+    3x3 conv stem + BN + ReLU, then blocks of 3x3 depthwise conv + BN + ReLU and 1x1
+    pointwise conv + BN + ReLU, global average pooling, dense."""
+
+    def __init__(self, in_channels=1, num_classes=10, channels=(32, 32, 32, 32, 32)):
+        super().__init__()
+        cs = [int(c) for c in channels]
+        self.stem = _conv_bn(in_channels, cs[0], 3, 2)
+        layers = []
+        for cin, cout in zip(cs[:-1], cs[1:]):
+            layers += [_conv_bn(cin, cin, 3, 1, groups=cin), nn.ReLU(), _conv_bn(cin, cout, 1), nn.ReLU()]
+        self.body = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cs[-1], num_classes)
+
+    def forward(self, x):
+        x = self.body(torch.relu(self.stem(x)))
+        return self.fc(self.pool(x).flatten(1))
+
+
+@model("ds_cnn", _image_defaults((32, 32, 32, 32, 32)))
+def ds_cnn(in_channels: int = 1, num_classes: int = 10, channels: Sequence[int] = (32, 32, 32, 32, 32)) -> nn.Module:
+    return DSCNN(in_channels, num_classes, channels)
 
 
 # ============================================================================ lookup
