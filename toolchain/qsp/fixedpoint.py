@@ -312,6 +312,23 @@ def widen_to_cover(formats: Sequence[FixedFormat]) -> FixedFormat:
     return FixedFormat(max(bits, 1), frac, signed, formats[0].rounding)
 
 
+def format_for_codes(lo: int, hi: int, frac: int, rounding: str = "floor") -> FixedFormat:
+    """Smallest format with ``frac`` fraction bits holding every integer code in
+    ``[lo, hi]`` (signed iff ``lo < 0``)."""
+    lo, hi = int(min(lo, 0)), int(max(hi, 0))
+    if lo < 0:
+        bits = max((-lo - 1).bit_length(), hi.bit_length()) + 1
+    else:
+        bits = max(hi.bit_length(), 1)
+    return FixedFormat(bits, frac, lo < 0, rounding)
+
+
+def code_range(f: FixedFormat, frac: int) -> tuple[int, int]:
+    """(lo, hi) codes of format ``f`` expressed at ``frac >= f.frac`` fraction bits."""
+    s = frac - f.frac
+    return f.int_min << s, f.int_max << s
+
+
 def accumulator_format(in_fmt: FixedFormat, w_fmt: FixedFormat, fan_in: int,
                        bias_fmt: FixedFormat | None = None, nonzero_fan_in: int | None = None) -> FixedFormat:
     """A signed format that holds any sum of ``fan_in`` products ``w*x`` plus the bias

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .io import Bundle
-from .schema import Conv2dNode, LinearNode, Node
+from .schema import Conv2dNode, LinearNode, Node, consumers
 
 #: per-unit ops between a producer and the next layer: unit u stays unit u, 0 stays 0
 UNIT_OPS = {"relu", "quantize", "mask", "maxpool2d"}
@@ -31,41 +31,67 @@ class Link:
     block: int = 1  # consumer input features per unit (H*W when a flatten sits in between)
 
 
-def find_link(graph: list[Node], i: int) -> Link:
-    """The producer before and the consumer after node ``i`` (a unit op)."""
-    j = i - 1
-    while j >= 0 and graph[j].op in UNIT_OPS:
-        j -= 1
-    producer = j if j >= 0 and isinstance(graph[j], WEIGHTED) else None
-    k, block = i + 1, 1
-    while k < len(graph) and (graph[k].op in UNIT_OPS or (graph[k].op == "flatten" and block == 1)):
+def _weighted(n: Node | None) -> bool:
+    """A Dense / ungrouped Conv node (units map one to one onto its rows)."""
+    return isinstance(n, WEIGHTED) and getattr(n, "groups", 1) == 1
+
+
+def _index(graph: list[Node]):
+    idx = {n.name: i for i, n in enumerate(graph)}
+    cons = consumers(graph)
+    return idx, cons
+
+
+def _single_reader(graph, idx, cons, i):
+    """Index of the only node reading node ``i``'s value, else None."""
+    c = cons[graph[i].name]
+    return idx[c[0].name] if len(c) == 1 else None
+
+
+def _forward(graph, idx, cons, i, unit_ops):
+    """Walk from node ``i`` through single-reader unit ops and at most one flatten:
+    (consumer index or None, indices passed, block)."""
+    passed, block = [], 1
+    k = _single_reader(graph, idx, cons, i)
+    while k is not None and (graph[k].op in unit_ops or (graph[k].op == "flatten" and block == 1)):
         if graph[k].op == "flatten":
-            block = int(np.prod(graph[k].in_shape[1:])) if len(graph[k].in_shape) > 1 else 1
-        k += 1
-    consumer = k if k < len(graph) and isinstance(graph[k], WEIGHTED) else None
-    if consumer is not None and block > 1 and not isinstance(graph[consumer], LinearNode):
+            block = int(np.prod(graph[k].in_shape[1:])) if len(graph[k].in_shape) > 1 else 0
+        passed.append(k)
+        k = _single_reader(graph, idx, cons, k)
+    block = max(block, 1)
+    consumer = k if k is not None and _weighted(graph[k]) else None
+    if consumer is not None and isinstance(graph[consumer], Conv2dNode) and \
+            any(graph[t].op == "flatten" for t in passed):
         consumer = None
-    lo = producer if producer is not None else i
-    hi = consumer if consumer is not None else i
-    between = [t for t in range(lo + 1, hi) if t != i] + ([i] if lo < i < hi else [])
-    return Link(producer, consumer, sorted(set(between)), block)
+    return consumer, passed, block
+
+
+def find_link(graph: list[Node], i: int) -> Link:
+    """The producer before and the consumer after node ``i`` (a unit op), along a chain in
+    which every node has one reader (a value read elsewhere is never touched)."""
+    idx, cons = _index(graph)
+    back = []
+    j = idx.get(graph[i].inputs[0]) if graph[i].inputs else None
+    while j is not None and graph[j].op in UNIT_OPS and len(cons[graph[j].name]) == 1:
+        back.append(j)
+        j = idx.get(graph[j].inputs[0])
+    producer = j if j is not None and _weighted(graph[j]) and len(cons[graph[j].name]) == 1 else None
+    if producer is None:
+        back = []
+    consumer, fwd, block = _forward(graph, idx, cons, i, UNIT_OPS)
+    if consumer is None:
+        fwd = []
+    return Link(producer, consumer, sorted(back + fwd), block)
 
 
 def link_after(graph: list[Node], pi: int, unit_ops=UNIT_OPS) -> Link:
-    """The consumer reached from producer ``pi`` across ``unit_ops`` and at most one flatten."""
-    k, block = pi + 1, 1
-    while k < len(graph) and (graph[k].op in unit_ops or (graph[k].op == "flatten" and block == 1)):
-        if graph[k].op == "flatten":
-            block = int(np.prod(graph[k].in_shape[1:])) if len(graph[k].in_shape) > 1 else 1
-            if block == 1:
-                block = 0  # a flatten of a 1-D value: count it as seen
-        k += 1
-    block = max(block, 1)
-    consumer = k if k < len(graph) and isinstance(graph[k], WEIGHTED) else None
-    if consumer is not None and isinstance(graph[consumer], Conv2dNode) and any(
-            graph[t].op == "flatten" for t in range(pi + 1, k)):
-        consumer = None
-    return Link(pi, consumer, list(range(pi + 1, k)), block)
+    """The consumer reached from producer ``pi`` across single-reader ``unit_ops`` and at
+    most one flatten."""
+    idx, cons = _index(graph)
+    if not _weighted(graph[pi]):
+        return Link(pi, None, [], 1)
+    consumer, passed, block = _forward(graph, idx, cons, pi, unit_ops)
+    return Link(pi, consumer, passed, block)
 
 
 def consumer_cols(link: Link, units) -> np.ndarray:

@@ -1,5 +1,8 @@
-"""Bundle graph -> plain PyTorch ``nn.Sequential`` (the "deploy model") for hls4ml's
-PyTorch frontend: one handler per node type. Module names are the node names, so hls4ml's
+"""Bundle graph -> plain PyTorch module (the "deploy model") for hls4ml's PyTorch frontend:
+one handler per node type; an ``fx.GraphModule`` whose every layer is a module called with
+the deploy layers it reads (adds and concatenations are qsp's ``QspAdd``/``QspConcat``
+modules, which hls4ml parses into its own Merge/Concatenate layers, so that every hls4ml
+layer is named after its bundle node). Module names are the node names, so hls4ml's
 layer names are the bundle's. Weights come from weights.npz (already on their grids;
 float32 holds them exactly up to 24 bits). Quantize nodes become no module at all (their
 formats live in the hls4ml precision config, see :mod:`qsp.compile.precision`), except a
@@ -7,13 +10,10 @@ standalone one, which becomes a ``QspRequant``.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import torch
 from torch import nn
 
-from ..bundle.schema import QuantNode
 from ..errors import UnsupportedLayerError
 from .precision import PrecisionPlan
 from ..registry import Registry
@@ -41,6 +41,14 @@ def _linear(bundle, n):
 
 @builds("conv2d")
 def _conv(bundle, n):
+    if n.groups > 1:
+        from .extension import QspDepthwiseConv2d, QspGroupedConv2d
+
+        w, b = bundle.weight(n.name), bundle.bias(n.name)
+        _param(w)  # the float32 check
+        if n.depthwise and n.in_channels == n.out_channels:
+            return QspDepthwiseConv2d(w, b, tuple(n.stride), tuple(n.padding))
+        return QspGroupedConv2d(w, b, tuple(n.stride), tuple(n.padding), groups=n.groups)
     m = nn.Conv2d(n.in_channels, n.out_channels, tuple(n.kernel_size), tuple(n.stride), tuple(n.padding),
                   bias=bundle.bias(n.name) is not None)
     m.weight = _param(bundle.weight(n.name))
@@ -69,6 +77,36 @@ def _flatten(bundle, n):
     return nn.Flatten()
 
 
+@builds("add")
+def _add(bundle, n):
+    from .extension import QspAdd
+    if len(n.inputs) != 2:
+        raise UnsupportedLayerError(f"node {n.name!r}: hls4ml adds two tensors at a time, this add has "
+                                    f"{len(n.inputs)} inputs")
+    return QspAdd()
+
+
+@builds("concat")
+def _concat(bundle, n):
+    from .extension import QspConcat
+    if len(n.inputs) != 2:
+        raise UnsupportedLayerError(f"node {n.name!r}: hls4ml concatenates two tensors at a time, this one has "
+                                    f"{len(n.inputs)} inputs")
+    return QspConcat()
+
+
+@builds("clip")
+def _clip(bundle, n):
+    from .extension import QspClip
+    return QspClip(n.lo, n.hi)
+
+
+@builds("scale_shift")
+def _scale_shift(bundle, n):
+    from .extension import QspScaleShift
+    return QspScaleShift(bundle.weight(n.name), bundle.bias(n.name))
+
+
 @builds("mask")
 def _mask(bundle, n):
     from .extension import QspMask
@@ -81,22 +119,28 @@ def _shuffle(bundle, n):
     return QspDepthToSpace(n.factor)
 
 
-def build_deploy_model(bundle, plan: PrecisionPlan) -> nn.Sequential:
-    """The deploy model of ``bundle``; its modules are exactly ``plan.layers``."""
+def build_deploy_model(bundle, plan: PrecisionPlan) -> nn.Module:
+    """The deploy model of ``bundle``: an ``fx.GraphModule`` whose modules are exactly
+    ``plan.layers`` (named after them), each called on the layers in ``lp.inputs``."""
+    from torch import fx
+
     from .extension import QspRequant
 
     nodes = {n.name: n for n in bundle.graph}
-    mods: "OrderedDict[str, nn.Module]" = OrderedDict()
+    root = nn.Module()
+    g = fx.Graph()
+    env = {"input": g.placeholder("x")}
     for lp in plan.layers:
         if lp.op == "requant":
-            mods[lp.name] = QspRequant()
-            continue
-        n = nodes[lp.name]
-        if isinstance(n, QuantNode):
-            continue
-        b = _BUILDERS.get(n.op)
-        if b is None:
-            raise UnsupportedLayerError(f"node {n.name!r}: op {n.op!r} has no deploy handler "
-                                        f"(supported: {sorted(_BUILDERS)})")
-        mods[lp.name] = b(bundle, n)
-    return nn.Sequential(mods).eval()
+            mod = QspRequant()
+        else:
+            n = nodes[lp.name]
+            b = _BUILDERS.get(n.op)
+            if b is None:
+                raise UnsupportedLayerError(f"node {n.name!r}: op {n.op!r} has no deploy handler "
+                                            f"(supported: {sorted(_BUILDERS)})")
+            mod = b(bundle, n)
+        root.add_module(lp.name, mod)
+        env[lp.name] = g.call_module(lp.name, tuple(env[i] for i in lp.inputs))
+    g.output(env[plan.output or plan.layers[-1].name])
+    return fx.GraphModule(root, g, "DeployModel").eval()

@@ -177,6 +177,21 @@ class QspScaleShift(HLS4MLModule):
         return x * self.scale.view(shape) + self.shift.view(shape)
 
 
+class QspAdd(HLS4MLModule):
+    """``a + b``; parsed into hls4ml's own ``Merge`` (add) layer, named after the module
+    (a functional ``+`` would be named by torch.fx, not by qsp). Precision key ``result``."""
+
+    def forward(self, a, b):
+        return a + b
+
+
+class QspConcat(HLS4MLModule):
+    """``torch.cat([a, b], dim=1)`` (channels); parsed into hls4ml's own ``Concatenate``."""
+
+    def forward(self, a, b):
+        return torch.cat([a, b], dim=1)
+
+
 class QspClip(HLS4MLModule):
     """``min(max(x, lo), hi)`` (ReLU6, Hardtanh, clamp); precision key ``result``. ``lo`` /
     ``hi`` may be -inf / inf (no bound on that side); finite ones must be dyadic (exact in
@@ -423,8 +438,22 @@ _LAYERS = [
      ("scale", "bias")),
     ("QspClip", _parse_clip, QspClipHLS, _CLIP_CONFIG, _CLIP_CALL, "nnet_qsp_elementwise.h", ()),
 ]
+def _parse_add(operation, layer_name, input_names, input_shapes, node, class_object, data_reader, config):
+    layer = {"class_name": "Merge", "name": layer_name, "op": "add", "inputs": input_names}
+    return layer, list(input_shapes[0])
+
+
+def _parse_concat(operation, layer_name, input_names, input_shapes, node, class_object, data_reader, config):
+    rank = len(input_shapes[0][1:])
+    layer = {"class_name": "Concatenate", "name": layer_name, "op": f"concatenate{rank}d", "axis": 1,
+             "inputs": input_names}
+    out = list(input_shapes[0])
+    out[1] += input_shapes[1][1]
+    return layer, out
+
+
 #: torch classes whose parser maps to one of hls4ml's own IR layers (no templates of ours)
-_NATIVE = [("QspDepthwiseConv2d", _parse_depthwise), ("QspGroupedConv2d", _parse_grouped)]
+_NATIVE = [("QspAdd", _parse_add), ("QspConcat", _parse_concat), ("QspDepthwiseConv2d", _parse_depthwise), ("QspGroupedConv2d", _parse_grouped)]
 _registered = False
 
 

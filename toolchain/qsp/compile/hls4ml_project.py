@@ -110,6 +110,9 @@ def rule_strategies(bundle, plan: PrecisionPlan, opts: CompileOptions) -> dict[s
         if lp.op not in ("linear", "conv2d"):
             continue
         w = bundle.weight(lp.name)
+        if lp.op == "conv2d" and next(n for n in bundle.graph if n.name == lp.name).groups > 1:
+            out[lp.name] = LayerStrategy("Latency", 1, "depthwise/grouped conv: built with Latency")
+            continue
         n_in, n_out = _kernel_size(bundle, lp)
         mults = int(np.count_nonzero(w))
         sparsity = 1.0 - mults / max(w.size, 1)

@@ -20,6 +20,12 @@ Rules (each one keeps the C++ bit-exact with the bundle's graph semantics):
 * where no quantize follows, ``result`` is the exact type of the value (the accumulator's
   for Dense/Conv): nothing rounds.
 
+The graph is a DAG (schema 2): a quantize node is hoisted only along a chain whose every
+node has the one consumer (a value read elsewhere keeps its exact format), and each layer
+records the deploy layers its inputs come from (``inputs``). Adds and concatenations take
+the exact format of their inputs (fraction bits of the finest, integer bits widened so the
+sum cannot overflow); they cast, so a quantize node after them folds into them.
+
 Layer names are the bundle's node names (hls4ml takes them from the deploy model).
 """
 from __future__ import annotations
@@ -29,20 +35,24 @@ from typing import Callable
 
 import numpy as np
 
-from ..bundle.schema import Node, QuantNode
+from ..bundle.schema import GRAPH_INPUT, Node, QuantNode, consumers, sequential_inputs
 from ..errors import BundleError, UnsupportedLayerError
-from ..fixedpoint import FixedFormat, accumulator_format, ceil_log2, widen_to_cover
+from ..fixedpoint import (FixedFormat, accumulator_format, ceil_log2, code_range, format_for_codes,
+                          widen_to_cover)
 from ..registry import Registry
 
 #: ops that quantization commutes with (monotone, 0 -> 0, elementwise or a selection)
-COMMUTING = {"relu", "mask", "maxpool2d", "flatten", "pixel_shuffle"}
-PRODUCERS = {"linear", "conv2d"}
+COMMUTING = {"relu", "mask", "maxpool2d", "flatten", "pixel_shuffle", "clip"}
+PRODUCERS = {"linear", "conv2d", "add", "scale_shift"}
 #: ops whose hls4ml/qsp implementation casts its output to ``result`` (so a quantize can fold)
-CASTING = {"linear", "conv2d", "relu", "mask", "maxpool2d", "avgpool2d", "pixel_shuffle", "requant"}
+CASTING = {"linear", "conv2d", "relu", "mask", "maxpool2d", "avgpool2d", "pixel_shuffle", "requant", "add",
+           "concat", "clip", "scale_shift"}
 #: hls4ml's class of each deploy layer (for the table and the estimator)
 HLS_CLASS = {"linear": "Dense", "conv2d": "Conv2D", "relu": "Activation", "mask": "QspMask",
              "maxpool2d": "Pooling2D", "avgpool2d": "Pooling2D", "flatten": "Reshape",
-             "pixel_shuffle": "QspDepthToSpace", "requant": "QspRequant", "input": "Input"}
+             "pixel_shuffle": "QspDepthToSpace", "requant": "QspRequant", "input": "Input",
+             "add": "Merge", "concat": "Concatenate", "clip": "QspClip", "scale_shift": "QspScaleShift",
+             "dwconv2d": "DepthwiseConv2D", "gconv2d": "QspGroupedConv2d"}
 
 
 @dataclass
@@ -61,7 +71,11 @@ class LayerPrecision:
     node: str = ""
     post: FixedFormat | None = None
     folded: list[str] = field(default_factory=list)  # quantize nodes folded here
-    input_format: FixedFormat | None = None  # type of this layer's input
+    input_format: FixedFormat | None = None  # type of this layer's (first) input
+    #: deploy layers this layer reads ("input": the HLS input)
+    inputs: list[str] = field(default_factory=list)
+    weight_key: str = "weight"  # hls4ml's precision key of ``weight`` (scale_shift: "scale")
+    hls_class: str = ""  # hls4ml's layer class (default: HLS_CLASS[op])
 
     def result_type(self) -> str:
         return self.result.ap_type() if self.result_rounds else self.result.ap_type_plain()
@@ -69,7 +83,7 @@ class LayerPrecision:
     def hls_precision(self) -> dict[str, str]:
         p = {"result": self.result_type()}
         if self.weight is not None:
-            p["weight"] = self.weight.ap_type_plain()
+            p[self.weight_key] = self.weight.ap_type_plain()
         if self.bias is not None:
             p["bias"] = self.bias.ap_type_plain()
         if self.accum is not None:
@@ -90,6 +104,7 @@ class PrecisionPlan:
     #: Flatten -> Dense), so the HLS input is then the flat vector.
     input_shape: list[int] = field(default_factory=list)
     host_reshape: list[str] = field(default_factory=list)
+    output: str = ""  # the deploy layer whose value is the graph output
 
     def by_name(self) -> dict[str, LayerPrecision]:
         return {lp.name: lp for lp in self.layers}
@@ -98,7 +113,7 @@ class PrecisionPlan:
         rows = [("layer", "class", "weight", "bias", "accum", "result", "folds")]
         for lp in [self.input] + self.layers:
             p = lp.hls_precision()
-            rows.append((lp.name, HLS_CLASS.get(lp.op, lp.op), p.get("weight", ""), p.get("bias", ""),
+            rows.append((lp.name, lp.hls_class or HLS_CLASS.get(lp.op, lp.op), p.get(lp.weight_key, ""), p.get("bias", ""),
                          p.get("accum", ""), p["result"], ",".join(lp.folded)))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -123,22 +138,26 @@ def relu_format(f: FixedFormat) -> FixedFormat:
     return FixedFormat(f.bits - 1, f.frac, False, f.rounding)
 
 
-def _hoist_targets(graph: list[Node]) -> dict[int, tuple[FixedFormat, str]]:
-    """node index -> (folded quantizer format, quantize node name) for every node that a
-    quantize node is hoisted into (producer and the commuting nodes after it); the quantize
-    nodes that cannot be hoisted are returned with index of themselves."""
-    post: dict[int, tuple[FixedFormat, str]] = {}
+def _hoist_targets(graph: list[Node]) -> dict[str, tuple[FixedFormat, str]]:
+    """node name -> (folded quantizer format, quantize node name) for every node that a
+    quantize node is hoisted into (a producer and the commuting nodes after it, each read
+    by nothing else); a quantize node that cannot be hoisted maps to itself."""
+    post: dict[str, tuple[FixedFormat, str]] = {}
+    cons = consumers(graph)
+    by_name = {n.name: n for n in graph}
     for i, n in enumerate(graph):
         if not isinstance(n, QuantNode) or i == 0:
             continue
-        j = i - 1
-        while j >= 0 and graph[j].op in COMMUTING and j not in post:
-            j -= 1
-        if j >= 0 and graph[j].op in PRODUCERS and j not in post:
-            for k in range(j, i):
-                post[k] = (n.format, n.name)
+        chain, j = [], by_name.get(n.inputs[0])
+        while j is not None and j.op in COMMUTING and j.name not in post and len(cons[j.name]) == 1:
+            chain.append(j)
+            j = by_name.get(j.inputs[0])
+        if j is not None and j.op in PRODUCERS and j.name not in post and len(cons[j.name]) == 1:
+            for k in [j] + chain:
+                post[k.name] = (n.format, n.name)
+            post[n.name] = None  # hoisted away
         else:
-            post[i] = (n.format, n.name)  # standalone
+            post[n.name] = (n.format, n.name)  # standalone
     return post
 
 
@@ -151,7 +170,8 @@ handles = _HANDLERS.register
 @dataclass
 class _State:
     bundle: object
-    cur: FixedFormat
+    cur: FixedFormat  # the first input's format
+    ins: list = field(default_factory=list)  # every input's format
 
 
 def _finish(lp: LayerPrecision, exact: FixedFormat, post) -> LayerPrecision:
@@ -170,6 +190,8 @@ def _weight_layer(st: _State, n, post):
     fan_in = int(np.prod(w.shape[1:]))
     acc = accumulator_format(st.cur, wf, fan_in, n.bias, nonzero_fan_in=nonzero_fan_in(n, w))
     lp = LayerPrecision(n.name, n.op, acc, weight=wf, bias=n.bias, accum=acc, node=n.name)
+    if n.op == "conv2d" and n.groups > 1:
+        lp.hls_class = HLS_CLASS["dwconv2d" if n.depthwise and n.in_channels == n.out_channels else "gconv2d"]
     if n.bias is None:  # hls4ml adds a zero bias; give it a 1-bit type
         lp.bias = FixedFormat(1, 0, True)
     return _finish(lp, acc, post)
@@ -178,6 +200,45 @@ def _weight_layer(st: _State, n, post):
 @handles("relu")
 def _relu(st, n, post):
     return _finish(LayerPrecision(n.name, n.op, st.cur, node=n.name), relu_format(st.cur), post)
+
+
+@handles("clip")
+def _clip(st, n, post):
+    c = st.cur
+    lo, hi = (int(round(v * 2 ** c.frac)) for v in (n.lo, n.hi))
+    exact = format_for_codes(max(lo, c.int_min), min(hi, c.int_max), c.frac)
+    return _finish(LayerPrecision(n.name, n.op, exact, node=n.name), exact, post)
+
+
+@handles("add")
+def _add(st, n, post):
+    frac = max(f.frac for f in st.ins)
+    lo = sum(code_range(f, frac)[0] for f in st.ins)
+    hi = sum(code_range(f, frac)[1] for f in st.ins)
+    exact = format_for_codes(lo, hi, frac)
+    return _finish(LayerPrecision(n.name, n.op, exact, node=n.name), exact, post)
+
+
+@handles("concat")
+def _concat(st, n, post):
+    frac = max(f.frac for f in st.ins)
+    lo = min(code_range(f, frac)[0] for f in st.ins)
+    hi = max(code_range(f, frac)[1] for f in st.ins)
+    exact = format_for_codes(lo, hi, frac)
+    return _finish(LayerPrecision(n.name, n.op, exact, node=n.name), exact, post)
+
+
+@handles("scale_shift")
+def _scale_shift(st, n, post):
+    c, sf, bf = st.cur, n.weight, n.bias
+    sc = np.abs(st.bundle.weight(n.name)) * 2.0 ** sf.frac
+    frac = max(c.frac + sf.frac, bf.frac)
+    xmax = max(abs(c.int_min), abs(c.int_max))
+    bound = int(np.max(sc)) * xmax << (frac - c.frac - sf.frac)
+    bound += max(abs(bf.int_min), abs(bf.int_max)) << (frac - bf.frac)
+    exact = format_for_codes(-bound, bound, frac)
+    lp = LayerPrecision(n.name, n.op, exact, weight=sf, bias=bf, node=n.name, weight_key="scale")
+    return _finish(lp, exact, post)
 
 
 @handles("mask", "flatten", "pixel_shuffle")
@@ -222,47 +283,76 @@ def _requant(st, n, post):
 
 def derive(bundle) -> PrecisionPlan:
     """The precision plan of a (validated, possibly transformed) bundle."""
-    graph = bundle.graph
-    if not graph or not isinstance(graph[0], QuantNode):
+    graph = sequential_inputs(list(bundle.graph))
+    if not graph or not isinstance(graph[0], QuantNode) or graph[0].inputs != [GRAPH_INPUT]:
         raise BundleError("graph: the first node must be the input quantize node")
+    cons = consumers(graph)
     inp_fmt = graph[0].format
     inp = LayerPrecision("input", "input", inp_fmt, result_rounds=True, node=graph[0].name, folded=[graph[0].name])
     posts = _hoist_targets(graph)
-    st = _State(bundle, inp_fmt)
     layers: list[LayerPrecision] = []
+    by_layer: dict[str, LayerPrecision] = {}
     plan = PrecisionPlan(inp, layers, list(graph[0].out_shape))
-    for i, n in enumerate(graph[1:], start=1):
-        if n.op == "flatten" and not layers:
+    if any(n.name == "input_copy" for n in graph):
+        raise BundleError("graph: the node name 'input_copy' is reserved by qsp-compile")
+    fmt = {graph[0].name: inp_fmt}  # node -> format of its value downstream
+    layer_of = {graph[0].name: "input"}  # node -> deploy layer producing its value
+    if len(cons[graph[0].name]) > 1:
+        # hls4ml's channels-last conversion wires only one reader of the model input: give
+        # the branches one layer to read (an exact copy)
+        fan = LayerPrecision("input_copy", "requant", inp_fmt, node=graph[0].name, input_format=inp_fmt,
+                             inputs=["input"])
+        layers.append(fan)
+        by_layer[fan.name] = fan
+        layer_of[graph[0].name] = fan.name
+    for n in graph[1:]:
+        src = n.inputs[0]
+        if n.op == "flatten" and layer_of[src] == "input" and not layers and len(cons[src]) == 1:
             plan.host_reshape.append(n.name)
             plan.input_shape = list(n.out_shape)
+            fmt[n.name], layer_of[n.name] = fmt[src], "input"
             continue
         if isinstance(n, QuantNode):
-            if i not in posts:  # hoisted into a producer
+            post = posts.get(n.name)
+            if post is None:  # hoisted into its producer
+                fmt[n.name], layer_of[n.name] = n.format, layer_of[src]
                 continue
-            prev = layers[-1] if layers else None
-            if prev is not None and prev.op in CASTING and prev.post is None:
-                # fold into the cast of the previous layer
+            prev = by_layer.get(layer_of[src])
+            if prev is not None and prev.op in CASTING and prev.post is None and len(cons[src]) == 1 \
+                    and prev.name == src:
+                # fold into the cast of the layer before
                 prev.result, prev.result_rounds, prev.post = n.format, True, n.format
                 prev.folded.append(n.name)
                 if prev.op == "avgpool2d":  # its accumulator depends on the rounding
-                    layers[-1] = _avgpool(_State(bundle, prev.input_format), graph[i - 1], (n.format, n.name))
-                    layers[-1].input_format = prev.input_format
-                st.cur = n.format
+                    new = _avgpool(_State(bundle, prev.input_format), graph[[g.name for g in graph].index(src)],
+                                   (n.format, n.name))
+                    new.input_format, new.inputs = prev.input_format, prev.inputs
+                    layers[layers.index(prev)] = by_layer[prev.name] = new
+                fmt[n.name], layer_of[n.name] = n.format, prev.name
                 continue
-            lp = _requant(st, n, (n.format, n.name))
-            lp.input_format = st.cur
-            lp.node = n.name
-            lp.post = None  # the quantize node's own output is the reference
+            lp = _requant(_State(bundle, fmt[src]), n, (n.format, n.name))
+            lp.input_format, lp.node, lp.post = fmt[src], n.name, None  # its own output is the reference
+            lp.inputs = [layer_of[src]]
             layers.append(lp)
-            st.cur = n.format
+            by_layer[lp.name] = lp
+            fmt[n.name], layer_of[n.name] = n.format, n.name
             continue
         handler = _HANDLERS.get(n.op)
         if handler is None:
             raise UnsupportedLayerError(f"node {n.name!r}: op {n.op!r} is not supported by qsp-compile "
                                         f"(supported: {sorted(_HANDLERS)})")
-        lp = handler(st, n, posts.get(i))
-        lp.input_format = st.cur
+        ins = [fmt[x] for x in n.inputs]
+        p = posts.get(n.name)
+        reader = cons[n.name][0] if len(cons[n.name]) == 1 else None
+        if p is None and n.op in CASTING and isinstance(reader, QuantNode) and posts.get(reader.name) is not None:
+            # the quantize node that alone reads this casting layer folds into its cast
+            p = posts[reader.name]
+            posts[reader.name] = None
+        lp = handler(_State(bundle, ins[0], ins), n, p)
+        lp.input_format = ins[0]
+        lp.inputs = [layer_of[x] for x in n.inputs]
         layers.append(lp)
-        st.cur = lp.result
+        by_layer[lp.name] = lp
+        fmt[n.name], layer_of[n.name] = lp.result, n.name
+    plan.output = layer_of[graph[-1].name]
     return plan
-
