@@ -1,9 +1,17 @@
 """A bundle's quantized graph as a standard ONNX model, bit-exact under onnxruntime.
 
-:func:`build_onnx` writes one group of ONNX nodes per bundle node; the group's last output
-is named after the bundle node, so ``run_onnx(..., trace=True)`` lines up with
-:func:`qsp.verify.emulate.emulate`'s trace.
+:func:`build_onnx` walks the bundle graph (schema 2: a DAG in topological order, each node
+naming its inputs, ``"input"`` being the graph input) and writes one group of ONNX nodes
+per bundle node, reading the tensors of the nodes its ``inputs`` name. The group's last
+output is named after the bundle node, so ``run_onnx(..., trace=True)`` lines up with
+:func:`qsp.verify.emulate.emulate`'s trace. Sequential (schema-1 style) graphs export to
+the same model as before the DAG.
 
+Tensors
+    every tensor holds its exact values ``codes * 2**-frac`` in float32 while its codes fit
+    24 bits (bound from :func:`qsp.verify.emulate.analyze`), else in float64. A node whose
+    codes can reach ``2**53`` is refused (:class:`~qsp.errors.QspError`): float64 could not
+    hold it exactly.
 Quantization points
     ``convergent`` rounding with at most 16 bits: ``[Clip] -> QuantizeLinear ->
     DequantizeLinear`` (scale ``2**-frac``, zero point 0, int8/uint8/int16/uint16 storage;
@@ -22,9 +30,31 @@ Exactness guard
     (constant) weights and bias: ``max_o sum_i |w_oi| * max|x| + |b_o|``. A layer whose bound
     reaches ``2**24`` is computed in float64 (exact below ``2**53``): ``Gemm`` on doubles for
     linear layers, and for convolutions (no float64 Conv on the CPU) an im2col built with
-    ``Pad/Gather`` followed by a float64 ``MatMul``. Any tensor whose codes fit 24 bits is
-    cast back to float32 after its node. Average pooling divides the exact window sum in
-    float64 and truncates at the emulator's fraction bits.
+    ``Pad/Gather`` followed by a float64 ``MatMul`` (grouped: one batched MatMul over the
+    groups). Any tensor whose codes fit 24 bits is cast back to float32 after its node.
+    Average pooling divides the exact window sum in float64 and truncates at the emulator's
+    fraction bits; global pooling is the same node with the kernel = the input's H, W.
+Grouped / depthwise convolution
+    ``Conv`` with its ``group`` attribute on the float32 path (only written when groups > 1),
+    the grouped im2col MatMul on the float64 path; the bound is per output over its group's
+    fan-in, as in the emulator.
+``add`` (two or more inputs)
+    a chain of ``Add`` on the inputs' exact values. Inputs at different fraction bits need
+    no shifting: the sum and every partial sum are multiples of the finest input's LSB and
+    at most the output bound, so float32 is exact when every input is float32 and the
+    output bound is below ``2**24`` LSBs of the output's frac; otherwise all inputs are cast
+    to float64 (exact below ``2**53``).
+``concat``
+    ``Concat(axis=1)`` of the exact values (the emulator's shift to the finest frac does not
+    change a value); float64 if any input is float64, else float32.
+``clip``
+    ``Clip(lo, hi)`` with the node's bounds (on the input grid: exact constants) in the
+    input's dtype.
+``scale_shift``
+    ``Mul`` by the per-channel scale then ``Add`` of the per-channel shift (integer codes +
+    DequantizeLinear, shaped ``[C, 1, 1]`` / ``[C]``). The product and the sum are multiples
+    of the output LSB at most the output bound: float32 when the input is float32 and the
+    bound is below ``2**24``, else float64.
 """
 from __future__ import annotations
 
@@ -39,7 +69,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..bundle import Bundle
 from ..errors import QspError, UnsupportedLayerError
-from ..verify.emulate import Step, TensorInfo, analyze
+from ..verify.emulate import MULTI_INPUT, Step, TensorInfo, analyze
 
 #: ONNX opset (21: QuantizeLinear/DequantizeLinear with int16/uint16)
 OPSET = 21
@@ -49,6 +79,8 @@ INPUT_NAME = "input"
 #: nearest mode adds 0.5, which needs one bit of headroom)
 F32_EXACT = 2 ** 24
 F32_CHAIN = 2 ** 23
+#: integers below this are exact in float64 sums
+F64_EXACT = 2 ** 53
 #: window sums recovered exactly from a float32 AveragePool by Round(mean * n)
 AVG_F32_SUM = 2 ** 21
 _FRAC_LIMIT = 100  # 2**+-frac stays a normal float32
@@ -82,6 +114,17 @@ def _storage(bits: int, signed: bool) -> np.dtype | None:
 
 def _storage_bits(dt: np.dtype) -> int:
     return dt.itemsize * 8
+
+
+def _code_bits(codes: np.ndarray, bits: int, signed: bool) -> tuple[int, bool]:
+    """Storage (bits, signed) for integer ``codes``: the format's, widened where a code
+    needs more (the integer initializer must never wrap)."""
+    if not codes.size:
+        return int(bits), signed
+    lo, hi = int(np.min(codes)), int(np.max(codes))
+    signed = signed or lo < 0
+    need = max(hi.bit_length(), (-lo - 1).bit_length()) + 1 if signed else hi.bit_length()
+    return max(int(bits), need), signed
 
 
 class _Builder:
@@ -241,22 +284,33 @@ def _patches(b: _Builder, x: _T, in_shape, kernel, stride, padding, out_hw) -> s
 def _conv(b: _Builder, st: Step, x: _T, bundle: Bundle) -> _T:
     p, node = st.params, st.node
     o, oh, ow = node.out_shape
+    g = int(p.get("groups", 1))
     f32 = _use_f32(x, st)
     w, bias = _weights(b, st, not f32)
     if f32:
         ph, pw = p["padding"]
         y = b.op("Conv", [x.name, w] + ([bias] if bias else []), "conv", kernel_shape=list(p["kernel"]),
-                 strides=list(p["stride"]), pads=[ph, pw, ph, pw])
+                 strides=list(p["stride"]), pads=[ph, pw, ph, pw], **({"group": g} if g > 1 else {}))
         return _T(y, False, st.out_info)
-    # float64: im2col [N, C, K, P] -> [N, P, C*K] @ W[C*K, O] -> [N, O, OH, OW]
+    # float64: im2col [N, C, K, P] -> [N, P, C*K] @ W[C*K, O] -> [N, O, OH, OW]; with groups
+    # [N, G, P, Cg*K] @ W[G, Cg*K, Og] (MatMul broadcasts N) -> [N, P, O]
     x = b.to_double(x)
     cols = _patches(b, x, node.in_shape, p["kernel"], p["stride"], p["padding"], (oh, ow))
     cols = b.op("Transpose", [cols], "cols_t", perm=[0, 3, 1, 2])
-    ck = int(np.prod(p["w"].shape[1:]))
-    cols = b.op("Reshape", [cols, b.const(np.array([0, oh * ow, ck], np.int64), "shape")], "cols")
-    w2 = b.op("Transpose", [b.op("Reshape", [w, b.const(np.array([o, ck], np.int64), "shape")], "w2")],
-              "w2t", perm=[1, 0])
-    y = b.op("MatMul", [cols, w2], "matmul")
+    ck = int(np.prod(p["w"].shape[1:]))  # Cg*K
+    if g == 1:
+        cols = b.op("Reshape", [cols, b.const(np.array([0, oh * ow, ck], np.int64), "shape")], "cols")
+        w2 = b.op("Transpose", [b.op("Reshape", [w, b.const(np.array([o, ck], np.int64), "shape")], "w2")],
+                  "w2t", perm=[1, 0])
+        y = b.op("MatMul", [cols, w2], "matmul")
+    else:
+        cols = b.op("Reshape", [cols, b.const(np.array([0, oh * ow, g, ck], np.int64), "shape")], "cols")
+        cols = b.op("Transpose", [cols], "cols_g", perm=[0, 2, 1, 3])
+        w2 = b.op("Transpose", [b.op("Reshape", [w, b.const(np.array([g, o // g, ck], np.int64), "shape")],
+                                     "w2")], "w2t", perm=[0, 2, 1])
+        y = b.op("MatMul", [cols, w2], "matmul")  # [N, G, P, Og]
+        y = b.op("Transpose", [y], "groups_t", perm=[0, 2, 1, 3])
+        y = b.op("Reshape", [y, b.const(np.array([0, oh * ow, o], np.int64), "shape")], "groups")
     if bias:
         y = b.op("Add", [y, bias], "bias")
     y = b.op("Transpose", [y], "out_t", perm=[0, 2, 1])
@@ -316,10 +370,64 @@ def _shuffle(b, st, x, bundle):
     return _T(b.op("DepthToSpace", [x.name], blocksize=st.params["factor"], mode="CRD"), x.double, st.out_info)
 
 
+@_handler("clip")
+def _clip(b, st, x, bundle):
+    p, f = st.params, x.info.frac
+    _check_frac(st, f)
+    b.used_double |= x.double
+    lo, hi = (b.scalar(np.ldexp(float(p[k]), -f), x.double, k) for k in ("lo", "hi"))
+    return _T(b.op("Clip", [x.name, lo, hi], "clip"), x.double, st.out_info)
+
+
+def _exact_dtype(st: Step, xs: list[_T]) -> bool:
+    """float64 unless every input is float32 and the output (hence every partial result,
+    all on the output's grid) stays below ``2**24`` LSBs."""
+    return any(x.double for x in xs) or st.out_info.bound >= F32_EXACT
+
+
+@_handler("scale_shift")
+def _scale_shift(b, st, x, bundle):
+    p, node = st.params, st.node
+    _check_frac(st, st.out_info.frac)
+    double = _exact_dtype(st, [x])
+    if double:
+        x = b.to_double(x)
+    shape = (-1,) + (1,) * (len(node.in_shape) - 1)  # per channel (axis 1 with the batch)
+    sc = b.dequant(p["scale"].reshape(shape), node.weight.frac,
+                   *_code_bits(p["scale"], node.weight.bits, node.weight.signed), double, "scale")
+    sh = b.dequant(p["shift"].reshape(shape), node.bias.frac,
+                   *_code_bits(p["shift"], node.bias.bits, node.bias.signed), double, "shift")
+    y = b.op("Add", [b.op("Mul", [x.name, sc], "mul"), sh], "add")
+    return _T(y, double, st.out_info)
+
+
+@_handler("add")
+def _add(b, st, xs, bundle):
+    # the inputs' values are exact whatever their fraction bits; their sum (and each
+    # partial sum) is a multiple of the finest input LSB below the output bound
+    _check_frac(st, st.out_info.frac)
+    double = _exact_dtype(st, xs)
+    names = [b.to_double(x).name if double else x.name for x in xs]
+    y = names[0]
+    for other in names[1:]:
+        y = b.op("Add", [y, other], "add")
+    return _T(y, double, st.out_info)
+
+
+@_handler("concat")
+def _concat(b, st, xs, bundle):
+    double = b.used_double = any(x.double for x in xs)
+    names = [b.to_double(x).name if double else x.name for x in xs]
+    return _T(b.op("Concat", names, "concat", axis=1), double, st.out_info)
+
+
 # ============================================================================ model
 def _rename_last(b: _Builder, t: _T, name: str) -> _T:
-    if b.nodes and b.nodes[-1].output[0] == t.name:
-        b.nodes[-1].output[0] = name
+    """Name the node group's result after the bundle node: rename the output of the group's
+    last ONNX node, or add an Identity where the result is not made by this group."""
+    last = b.nodes[-1] if b.nodes else None
+    if last is not None and last.output[0] == t.name and last.name.startswith(b.prefix + "/"):
+        last.output[0] = name
     else:
         b.nodes.append(helper.make_node("Identity", [t.name], [name], name=name))
     return _T(name, t.double, t.info)
@@ -328,31 +436,39 @@ def _rename_last(b: _Builder, t: _T, name: str) -> _T:
 def build_onnx(bundle: Bundle) -> onnx.ModelProto:
     """The bundle's graph as an ONNX model (opset :data:`OPSET`), checked with
     ``onnx.checker``. Input ``input`` (float32, batch first); one output named after the
-    last node; every node's output tensor is named after the node."""
-    steps = analyze(bundle)
+    last node; every node's output tensor is named after the node. Nodes run in graph
+    order, each reading the tensors of the nodes its ``inputs`` name (``"input"``: the
+    graph input); ``add``/``concat`` read all of theirs."""
+    steps = analyze(bundle)  # also fills the inputs of sequential (schema-1 style) graphs
     b = _Builder()
     first = bundle.graph[0]
-    x = _T(INPUT_NAME, False, None)
+    env: dict[str, _T] = {INPUT_NAME: _T(INPUT_NAME, False, None)}
     layers = []
+    y = None
     for st in steps:
-        fn = _HANDLERS.get(st.node.op)
+        node = st.node
+        fn = _HANDLERS.get(node.op)
         if fn is None:
-            raise UnsupportedLayerError(f"node {st.node.name!r}: op {st.node.op!r} has no ONNX export")
-        b.prefix = st.node.name
+            raise UnsupportedLayerError(f"node {node.name!r}: op {node.op!r} has no ONNX export")
+        if st.out_info.bound >= F64_EXACT:
+            raise QspError(f"node {node.name!r} ({node.op}): codes of {int(st.out_info.bound).bit_length()} bits "
+                           "cannot be computed exactly in float64; narrow the formats")
+        xs = [env[name] for name in node.inputs]
+        b.prefix = node.name
         b.used_double = False
-        y = fn(b, st, x, bundle)
+        y = fn(b, st, xs if node.op in MULTI_INPUT else xs[0], bundle)
         if y.double and y.info.bound < F32_EXACT and abs(y.info.frac) <= _FRAC_LIMIT:
             y = _T(b.op("Cast", [y.name], "to_f32", to=TensorProto.FLOAT), False, y.info)
-        y = _rename_last(b, y, st.node.name)
-        b.value_info[y.name] = helper.make_tensor_value_info(y.name, _elem(y.double), ["N"] + list(st.node.out_shape))
-        layers.append({"node": st.node.name, "op": st.node.op, "dtype": "float64" if y.double else "float32",
+        y = _rename_last(b, y, node.name)
+        b.value_info[y.name] = helper.make_tensor_value_info(y.name, _elem(y.double), ["N"] + list(node.out_shape))
+        layers.append({"node": node.name, "op": node.op, "dtype": "float64" if y.double else "float32",
                        "frac": y.info.frac, "bound_bits": int(y.info.bound).bit_length(),
                        "float64_compute": b.used_double})
-        x = y
+        env[node.name] = y
     inp = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N"] + list(first.in_shape))
-    out = b.value_info[x.name]
+    out = b.value_info[y.name]
     graph = helper.make_graph(b.nodes, "qsp", [inp], [out], initializer=b.inits,
-                              value_info=[v for k, v in b.value_info.items() if k != x.name])
+                              value_info=[v for k, v in b.value_info.items() if k != y.name])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qsp",
                               ir_version=IR_VERSION)
     helper.set_model_props(model, {"qsp.nodes": json.dumps([s.node.name for s in steps]),
