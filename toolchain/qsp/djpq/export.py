@@ -57,9 +57,13 @@ def _djpq_layer(ctx, path, m: DJPQLayer, in_shape, out_shape):
 
 @exporter(LearnedQuantizer)
 def _learned_quant(ctx, path, q: LearnedQuantizer, in_shape, out_shape):
-    if not bool(q.initialized):
+    if not bool(q.initialized) and not ctx.dry:
         raise BundleError(f"quantizer {path!r} never saw data: train the model at least one step before export")
     name = "input_quant" if path in ("input_quant", "") else ctx.name("quant")
+    if ctx.dry and not bool(q.initialized):
+        from ..fixedpoint import FixedFormat
+        return QuantNode(name=name, in_shape=in_shape, out_shape=out_shape, source=path,
+                         format=FixedFormat(8, 0, True))
     return QuantNode(name=name, in_shape=in_shape, out_shape=out_shape, source=path, format=q.format())
 
 

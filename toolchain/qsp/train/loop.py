@@ -72,6 +72,7 @@ class Trainer:
         self._x = torch.from_numpy(data.x_train).to(self.device)
         self._y = torch.from_numpy(data.y_train).to(self.device)
         self.model: nn.Module | None = None
+        self.graph_ops: dict[str, int] = {}
         self.optimizer: torch.optim.Optimizer | None = None
 
     # ================================================================== building
@@ -79,6 +80,8 @@ class Trainer:
         torch.manual_seed(self.cfg.seed)
         model = build_model(self.factory, self.factory_kwargs)
         model = self.method.prepare(model, self.cfg, self.total_steps)
+        # before any training: every op exportable, shapes fit (names the module / line)
+        self.graph_ops = self.method.check(model.to(self.device), list(self._x.shape[1:]))
         self.model = self.wrap_model(model.to(self.device))
         self.optimizer = self.make_optimizer(self.model)
         return self.model

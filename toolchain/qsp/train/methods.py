@@ -69,6 +69,19 @@ class TrainingMethod:
     def extra_loss(self, model: nn.Module, step: int) -> torch.Tensor | None:
         return None
 
+    def check(self, model: nn.Module, input_shape) -> dict[str, int]:
+        """Before training: the prepared model exports (every op supported, shapes fit);
+        returns the count of each bundle op it will have. Raises naming the module or the
+        source line of the first unsupported op."""
+        if not self.exports:
+            return {}
+        from ..bundle.export import check_model
+
+        ops: dict[str, int] = {}
+        for n in check_model(model, input_shape):
+            ops[n.op] = ops.get(n.op, 0) + 1
+        return ops
+
     def on_step_end(self, model: nn.Module, step: int) -> None:
         pass
 

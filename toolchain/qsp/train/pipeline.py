@@ -143,6 +143,10 @@ def _train_and_export(cfg, spec, data, out: Path, echo, order_auto: dict | None 
         echo(f"resume: no checkpoint in {out / 'checkpoints'}; starting from step 0")
     echo(f"qsp-train: task {cfg.task}, model {cfg.model} ({factory}), method {cfg.method}, order {cfg.order}, "
          f"{cfg.epochs} epochs x {trainer.steps_per_epoch} steps, device {cfg.device}, out {out}")
+    if trainer.model is None:
+        trainer.build()
+    if trainer.graph_ops:
+        echo("graph: " + ", ".join(f"{op} x{k}" for op, k in trainer.graph_ops.items()))
     res = trainer.fit(resume=resume)
     if res.stopped:
         echo(f"stopped after step {res.steps} of {trainer.total_steps} (max_steps); continue with: "
