@@ -1,10 +1,16 @@
 """Memory footprint and performance density of a bundle, as the qsparse paper defines them.
 
 * weight footprint = sum over weight layers of ``bits x nonzero weights`` (biases are
-  excluded from the footprint and reported separately as ``bias_bits x biases``);
+  excluded from the footprint and reported separately as ``bias_bits x biases``). A conv
+  with ``groups`` g has ``out x in/g x kh x kw`` weights. A ``scale_shift`` node (a
+  BatchNorm with no weight layer before it) follows the same policy as a BatchNorm folded
+  into a conv: its per-channel scale is a weight tensor (``channels`` weights at the
+  scale's bits, counted), its shift is a bias (excluded, in ``bias_bits``);
 * activation footprint = sum over every ``quantize`` node (the input quantizer included)
-  of ``bits x nonzero elements for one input``, where an element is zero when an adjacent
-  activation mask removes it (``relu -> mask -> quantize`` or ``relu -> quantize -> mask``);
+  of ``bits x nonzero elements for one input``, where an element is zero when an
+  activation mask removes it (:func:`point_mask`: the quantize node reads a mask of its
+  shape, ``relu -> mask -> quantize``, or its only consumer is one, ``relu -> quantize ->
+  mask``). Each quantized tensor is counted once, however many nodes read it (fan-out);
 * performance density = task metric / (weight + activation footprint in Mb, 10^6 bits).
 
 The float reference counts 32 bits for every weight and every element at the same
@@ -18,7 +24,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .schema import Conv2dNode, LinearNode, MaskNode, QSpec, QuantNode
+from .schema import Conv2dNode, LinearNode, MaskNode, QSpec, QuantNode, ScaleShiftNode, consumers, producers
+
+#: nodes whose ``weight`` tensor counts in the weight footprint
+WEIGHT_NODES = (LinearNode, Conv2dNode, ScaleShiftNode)
 
 FLOAT_BITS = 32
 
@@ -84,18 +93,29 @@ def performance_density(metric: float, fp: Footprint) -> float:
 
 def _spec_and_masks(obj):
     if isinstance(obj, QSpec):
-        return obj, None
-    return obj.qspec, obj.masks  # a Bundle
+        return obj, None, None
+    return obj.qspec, obj.masks, obj.weights  # a Bundle
 
 
 def _weight_count(n) -> int:
     if isinstance(n, LinearNode):
         return n.in_features * n.out_features
-    return n.out_channels * n.in_channels * int(np.prod(n.kernel_size))
+    if isinstance(n, ScaleShiftNode):
+        return int(n.channels)
+    return n.out_channels * (n.in_channels // max(int(n.groups), 1)) * int(np.prod(n.kernel_size))
 
 
 def _bias_count(n) -> int:
+    if isinstance(n, ScaleShiftNode):
+        return int(n.channels)
     return n.out_features if isinstance(n, LinearNode) else n.out_channels
+
+
+def _weight_nonzeros(n, weights) -> int:
+    if isinstance(n, ScaleShiftNode):  # no count in the qspec: the array, else all channels
+        w = None if weights is None else weights.get(f"{n.name}.weight")
+        return int(np.count_nonzero(w)) if w is not None else int(n.channels)
+    return int(n.nonzeros)
 
 
 def _mask_nonzeros(n: MaskNode, masks) -> int:
@@ -105,30 +125,40 @@ def _mask_nonzeros(n: MaskNode, masks) -> int:
     return int(round((1.0 - n.sparsity) * math.prod(n.in_shape)))
 
 
-def _point_mask(graph, i):
-    """The mask node that zeroes elements of quantize node ``graph[i]``'s tensor, if any: the
-    node right before or right after it, of the same shape."""
+def point_mask(graph, i, prod=None, cons=None):
+    """The mask node that zeroes elements of quantize node ``graph[i]``'s tensor, if any, of
+    the same shape: the mask it reads (its producer), or the mask that is its *only*
+    consumer (with fan-out, the other readers need the masked elements: they are stored).
+    ``prod``/``cons``: :func:`~qsp.bundle.schema.producers` / ``consumers`` of the graph."""
     q = graph[i]
-    for j in (i - 1, i + 1):
-        if 0 <= j < len(graph) and isinstance(graph[j], MaskNode) and list(graph[j].in_shape) == list(q.out_shape):
-            return graph[j]
+    prod = producers(graph) if prod is None else prod
+    cons = consumers(graph) if cons is None else cons
+    shape = list(q.out_shape)
+    src = [prod.get(x) for x in q.inputs] if q.inputs else [graph[i - 1] if i else None]
+    if len(src) == 1 and isinstance(src[0], MaskNode) and list(src[0].out_shape) == shape:
+        return src[0]
+    readers = cons.get(q.name, [])
+    if len(readers) == 1 and isinstance(readers[0], MaskNode) and list(readers[0].in_shape) == shape:
+        return readers[0]
     return None
 
 
 def footprint(obj) -> Footprint:
     """The footprint of a bundle (or QSpec) as trained: quantized bits, pruned weights and
     masked activations not counted."""
-    spec, masks = _spec_and_masks(obj)
+    spec, masks, weights = _spec_and_masks(obj)
     layers, points = [], []
     bias_bits = 0
-    for i, n in enumerate(spec.graph):
-        if isinstance(n, (LinearNode, Conv2dNode)):
-            layers.append(LayerFootprint(n.name, n.op, n.weight.bits, _weight_count(n), int(n.nonzeros)))
+    g = spec.graph
+    prod, cons = producers(g), consumers(g)
+    for i, n in enumerate(g):
+        if isinstance(n, WEIGHT_NODES):
+            layers.append(LayerFootprint(n.name, n.op, n.weight.bits, _weight_count(n), _weight_nonzeros(n, weights)))
             if n.bias is not None:
                 bias_bits += n.bias.bits * _bias_count(n)
         elif isinstance(n, QuantNode):
             elems = math.prod(n.out_shape)
-            m = _point_mask(spec.graph, i)
+            m = point_mask(g, i, prod, cons)
             nz = _mask_nonzeros(m, masks) if m is not None else elems
             points.append(LayerFootprint(n.name, n.op, n.format.bits, elems, nz))
     return Footprint(
@@ -141,11 +171,11 @@ def footprint(obj) -> Footprint:
 def float_footprint(obj, bits: int = FLOAT_BITS) -> Footprint:
     """The same network in float: ``bits`` for every weight and every element at the same
     activation points (input included), nothing pruned; biases at ``bits`` too."""
-    spec, _ = _spec_and_masks(obj)
+    spec, _, _ = _spec_and_masks(obj)
     layers, points = [], []
     bias_bits = 0
     for n in spec.graph:
-        if isinstance(n, (LinearNode, Conv2dNode)):
+        if isinstance(n, WEIGHT_NODES):
             w = _weight_count(n)
             layers.append(LayerFootprint(n.name, n.op, bits, w, w))
             if n.bias is not None:

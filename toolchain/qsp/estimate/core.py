@@ -10,6 +10,17 @@ latency/II, fit verdicts) describe the *hardware graph*, the one qsp-compile bui
 bundle after :func:`qsp.compile.transforms.run` with its default steps (masks covering whole
 features/channels folded into the weights, dead features/channels removed).
 ``as_trained=True`` estimates the untransformed graph instead.
+
+Graphs are DAGs (schema 2). Per-op counting rules live in :mod:`qsp.estimate.counts` (one
+handler per op), per-op resource/latency rules in :mod:`qsp.estimate.resources`; the
+design's latency is the critical path of the graph (:func:`~qsp.estimate.resources.critical_path`).
+Layers qsp builds only fully parallel (depthwise / grouped conv, scale_shift) get
+``Latency`` with reuse factor 1 in every plan the estimator models or proposes
+(:func:`~qsp.estimate.resources.buildable`).
+
+Note: this module imports :mod:`qsp.compile.transforms` (numpy and the bundle only) to
+build the hardware graph; moving those transformations next to :mod:`qsp.bundle.graph`
+would let estimate and compile not import each other.
 """
 from __future__ import annotations
 
@@ -26,8 +37,8 @@ from ..compile import transforms  # hls4ml-free: numpy and the bundle only
 from ..fixedpoint import ceil_log2
 from . import energy as E
 from .counts import FLOAT_BITS, GraphCounts, NodeCounts, count_graph
-from .resources import (STRATEGIES, LayerStrategy, Resources, dsps_per_multiply, layer_resources,
-                        smallest_valid_reuse, valid_reuse_factors)
+from .resources import (STRATEGIES, STRATEGY_OPS, LayerStrategy, Resources, buildable, critical_path, dsps_per_multiply,
+                        layer_resources, smallest_valid_reuse, valid_reuse_factors)
 
 #: weight sparsity from which a Dense layer gets resource_unrolled by default (as qsp-compile's auto)
 SPARSE_RU = 0.5
@@ -93,6 +104,7 @@ class LayerEstimate:
     bops: int = 0
     bops_dense: int = 0
     bops_float: int = 0
+    adds: int = 0  # elementwise additions outside MACs (add nodes)
     weight_storage: Storage | None = None
     activation_storage: Storage | None = None
 
@@ -112,7 +124,7 @@ class LayerEstimate:
 
 def _layer(n: NodeCounts) -> LayerEstimate:
     le = LayerEstimate(n.name, n.op, n.out_shape, n.out_format.bits, n.out_elements, n.out_nonzero, n.quant_point,
-                       in_elements=math.prod(n.in_shape), in_nonzero=n.in_nonzero)
+                       in_elements=math.prod(n.in_shape), in_nonzero=n.in_nonzero, adds=n.adds)
     if n.quant_point:
         le.activation_storage = activation_storage(n)
     w = n.weight
@@ -209,18 +221,27 @@ def _smallest_reuse(n: NodeCounts, at_least: int, strategy: str) -> int:
     return smallest_valid_reuse(*_fan(n), at_least, strategy, n.op)
 
 
+def _strategy_nodes(counts: GraphCounts) -> list[NodeCounts]:
+    return [n for n in counts.weight_nodes() if n.op in STRATEGY_OPS]
+
+
 def default_strategies(counts: GraphCounts, board: Board | None) -> dict[str, LayerStrategy]:
     """What ``qsp-compile --strategy auto`` picks by its fixed rule
     (:func:`qsp.compile.hls4ml_project.rule_strategies`, io_parallel), before its board
     check: distributed_arithmetic when da4ml is importable; else resource_unrolled for a
     Dense layer with >= 50 % of its weights pruned; Resource with the smallest reuse factor
     that brings the layer's nonzero weights under the board's DSP count when they exceed it
-    (whether or not its multiplies would use DSPs: the compiler's rule); else Latency."""
+    (whether or not its multiplies would use DSPs: the compiler's rule); else Latency
+    (depthwise / grouped conv: Latency, reuse factor 1, always: the only way qsp builds
+    them). Keys: the layers that take a strategy (linear, conv2d; scale_shift has none and
+    is modelled fully parallel)."""
     da = importlib.util.find_spec("da4ml") is not None
     out = {}
-    for n in counts.weight_nodes():
+    for n in _strategy_nodes(counts):
         w = n.weight
-        if da:
+        if w.latency_only:
+            out[n.name] = buildable(n, None)
+        elif da:
             out[n.name] = LayerStrategy("distributed_arithmetic", 1, "da4ml available: shift-add, zeros free")
         elif n.op == "linear" and w.sparsity >= SPARSE_RU:
             out[n.name] = LayerStrategy("resource_unrolled", _smallest_reuse(n, 2, "resource_unrolled"),
@@ -234,31 +255,45 @@ def default_strategies(counts: GraphCounts, board: Board | None) -> dict[str, La
 
 
 def make_plan(counts: GraphCounts, board: Board, strategies: Mapping, label: str) -> Plan:
+    """Resources summed over the layers; latency the critical path of the graph (longest
+    path over producers, io_parallel), II the largest layer II. A strategy that cannot be
+    built for a layer (non-Latency on a depthwise conv, ...) is modelled, and recorded, as
+    the one that is (:func:`~qsp.estimate.resources.buildable`)."""
     layers = {}
     total = Resources(latency_cycles=0, ii_cycles=1)
+    strat = {k: _as_strategy(v) for k, v in strategies.items()}
     for n in counts.nodes:
-        st = strategies.get(n.name) if n.weight is not None else None
-        if n.weight is not None and st is None:
-            st = LayerStrategy()
+        st = None
+        if n.weight is not None:
+            st = buildable(n, strat.get(n.name))
+            if n.op in STRATEGY_OPS:
+                strat[n.name] = st
+            else:  # no strategy in qsp-compile's config (scale_shift)
+                strat.pop(n.name, None)
         r = layer_resources(n, st, board.dsp_mult_width)
         layers[n.name] = r
         total = total + r
-    return Plan(label, {k: _as_strategy(v) for k, v in strategies.items()}, layers, total)
+    total.latency_cycles = critical_path(counts.nodes, {k: r.latency_cycles for k, r in layers.items()})
+    return Plan(label, strat, layers, total)
 
 
 def candidate_plans(counts: GraphCounts, board: Board) -> list[tuple[str, dict]]:
     """Uniform alternatives: all Latency, all distributed arithmetic, and Resource /
-    resource_unrolled (Dense; Conv falls back to Resource) at growing reuse factors."""
-    wn = counts.weight_nodes()
-    plans = [("Latency", {n.name: LayerStrategy("Latency", 1) for n in wn}),
+    resource_unrolled (Dense; Conv falls back to Resource) at growing reuse factors. Layers
+    built only with Latency (depthwise / grouped conv, scale_shift) keep Latency, R = 1, in
+    every plan."""
+    wn = _strategy_nodes(counts)
+    fixed = {n.name: buildable(n, None) for n in wn if n.weight.latency_only}
+    free = [n for n in wn if not n.weight.latency_only]
+    plans = [("Latency", {n.name: fixed.get(n.name, LayerStrategy("Latency", 1)) for n in wn}),
              ("distributed_arithmetic (needs hls4ml[da])",
-              {n.name: LayerStrategy("distributed_arithmetic", 1) for n in wn})]
-    biggest = max((n.weight.fan_in * n.weight.n_out for n in wn), default=1)
+              {**{n.name: LayerStrategy("distributed_arithmetic", 1) for n in free}, **fixed})]
+    biggest = max((n.weight.fan_in * n.weight.n_out for n in free), default=1)
     target = 2
-    while True:
+    while free:
         for strat in ("resource_unrolled", "Resource"):
-            p = {}
-            for n in wn:
+            p = dict(fixed)
+            for n in free:
                 s = strat if (strat == "Resource" or n.op == "linear") else "Resource"
                 p[n.name] = LayerStrategy(s, _smallest_reuse(n, target, s))
             plans.append((f"{strat} reuse<={target}", p))
@@ -283,8 +318,9 @@ def _energy(layers: list[LayerEstimate], board: Board) -> tuple[E.Energy, E.Ener
     w_dense32 = sum(le.weights * FLOAT_BITS for le in layers if le.weight_storage)
     dram = w_bits > onchip
     dram32 = w_dense32 > onchip
-    compute = sum(le.macs * (E.e_mult(le.weight_bits, le.in_bits) + E.e_add(le.acc_bits)) for le in layers)
-    compute32 = sum(le.macs_dense * (E.E_FMUL_32 + E.E_FADD_32) for le in layers)
+    compute = sum(le.macs * (E.e_mult(le.weight_bits, le.in_bits) + E.e_add(le.acc_bits))
+                  + le.adds * E.e_add(le.out_bits) for le in layers)
+    compute32 = sum(le.macs_dense * (E.E_FMUL_32 + E.E_FADD_32) + le.adds * E.E_FADD_32 for le in layers)
     wmem = E.memory_energy(w_bits, w_bits / 8, dram)
     wmem32 = E.memory_energy(w_dense32, w_dense32 / 8, dram32)
     points = [le for le in layers if le.activation_storage]
@@ -347,6 +383,7 @@ class HardwareGraph:
     features_removed: int = 0  # dead Dense outputs removed
     channels_removed: int = 0  # dead conv output channels removed
     log: list[str] = field(default_factory=list)  # the transformations' own log
+    failed: str = ""  # why the transformations could not be applied (then: the graph as trained)
 
     @classmethod
     def compare(cls, trained, hardware, steps=DEFAULT_STEPS, log=()) -> "HardwareGraph":
@@ -368,6 +405,9 @@ class HardwareGraph:
 
     def describe(self) -> str:
         """One line, e.g. 'hardware graph: 3 masks folded, 64 dead features removed (as qsp-compile builds it)'."""
+        if not self.steps and self.failed:
+            return (f"hardware graph: the bundle as trained (qsp-compile's transformations failed on this graph: "
+                    f"{self.failed})")
         if not self.steps:
             return "hardware graph: the bundle as trained (untransformed; qsp-compile --no-transforms builds it)"
         parts = [f"{self.masks_folded} mask{'s' * (self.masks_folded != 1)} folded"] if self.masks_folded else []
@@ -385,7 +425,10 @@ def hardware_graph(bundle, as_trained: bool = False, steps=DEFAULT_STEPS):
     """(graph qsp-compile builds from ``bundle``, :class:`HardwareGraph` describing it)."""
     if as_trained or not steps:
         return bundle, HardwareGraph(())
-    tx, log = transforms.run(bundle, tuple(steps))
+    try:
+        tx, log = transforms.run(bundle, tuple(steps))
+    except Exception as e:  # noqa: BLE001 - a graph the transformations do not handle (yet)
+        return bundle, HardwareGraph((), failed=f"{type(e).__name__}: {e}")
     return tx, HardwareGraph.compare(bundle, tx, steps, log)
 
 
@@ -409,6 +452,7 @@ class Totals:
     footprint_weight_bits: int
     footprint_activation_bits: int
     float_footprint_bits: int
+    adds: int = 0  # elementwise additions outside MACs (add nodes)
     #: what bops_float / float_footprint_bits describe: the graph as it is, or (a DJPQ bundle
     #: with pruned channels removed) the original dense network before the removal
     float_baseline: str = "graph"
@@ -458,7 +502,7 @@ def original_float_baseline(bundle, ffp, weight_layers) -> tuple[int, int, str]:
             rm = removed.get(n.name)
             r_out = Fraction(int(rm["original"]), len(rm["kept"])) if rm else Fraction(1)
             scale[n.name], r = r * r_out, r_out
-        elif n.op == "quantize":
+        elif n.op in ("quantize", "scale_shift"):  # per-channel: follows the channels before it
             scale[n.name] = r
     bits = sum(x.footprint_bits * scale.get(x.name, 1) for x in ffp.layers + ffp.points)
     bops = sum(le.bops_float * scale.get(le.name, 1) for le in weight_layers)
@@ -499,7 +543,8 @@ def estimate(bundle, boards: Iterable | str | None = "all", strategies: Mapping 
         activation_bits_dense=sum(le.activation_storage.dense_bits for le in al),
         activation_bits_sparse=sum(le.activation_storage.sparse_bits for le in al),
         footprint_bits=fp.total_bits, footprint_weight_bits=fp.weight_bits,
-        footprint_activation_bits=fp.activation_bits, float_footprint_bits=float_bits, float_baseline=baseline)
+        footprint_activation_bits=fp.activation_bits, float_footprint_bits=float_bits, float_baseline=baseline,
+        adds=sum(le.adds for le in layers))
     if boards is None:
         blist = []
     elif isinstance(boards, str):

@@ -13,8 +13,10 @@ absolute numbers as an order of magnitude and the ratio to the float32 dense bas
 * DRAM: 1.3 nJ per 64 bits (the low end of Horowitz's 1.3-2.6 nJ), used for the weights
   when their (encoded) storage does not fit the board's block RAM + UltraRAM.
 
-Per inference: every counted MAC (nonzero weight x statically nonzero input) costs one
-multiply and one accumulator-width add; every weight is read once, in the storage
+Per inference: every counted MAC (nonzero weight x statically nonzero input; a
+``scale_shift`` element is one MAC) costs one multiply and one accumulator-width add; every
+add of an ``add`` node (elements x (inputs - 1)) one add of the output's bits (float32: one
+float add); every weight is read once, in the storage
 encoding of :mod:`qsp.estimate.core` (sparse when smaller); every activation element at a
 quantize point that is not statically zero is written once and read once.
 """

@@ -40,16 +40,37 @@ Multipliers (``linear``/``conv2d``):
   ``BRAM_MIN_BITS`` bits becomes ``ceil(width/36) * ceil(R/512)`` 18 Kb blocks, a smaller
   one becomes LUT-ROM (one LUT per 64 bits per output bit).
 
+* Depthwise / grouped conv (``groups`` > 1): only ``Latency`` with reuse factor 1 is
+  modelled or proposed (:func:`buildable`): qsp builds a depthwise conv as hls4ml's
+  DepthwiseConv2D and a grouped one as its QspGroupedConv2d (a block-diagonal Conv2D),
+  both fully parallel. The Latency model above applies with the layer's own kernel: one
+  constant multiplier per nonzero weight of one kernel instance (a depthwise conv: one per
+  weight per output channel, ``kh x kw`` each, zeros removed), an adder tree of
+  ``(in/g) x kh x kw`` products per output channel, II = output pixels.
+* ``scale_shift`` (``x * scale[c] + shift[c]``, Latency only): qsp's kernel is unrolled
+  over every element in io_parallel, so one constant multiplier per alive element whose
+  channel scale is nonzero (DSP or CSD shift-add by the rule above, the scale being the
+  weight) and one adder of the output's accumulator width per alive element; 1 adder
+  stage (+1 for a DSP multiply) of latency, II 1.
+
 Other layers (all elements in parallel): ReLU ``ceil(b/2)`` LUTs per element, a mask
 nothing (masked elements are constant zeros), max-pooling ``(k-1)`` comparators of ``b``
-bits and a mux per output, average pooling ``(k-1)`` adders, a rounding/saturating quantize
-``b`` LUTs per element (a floor quantize with no saturation is wiring), flatten and pixel
-shuffle nothing.
+bits and a mux per output, average pooling ``(k-1)`` adders (global pooling: kernel = the
+map), a rounding/saturating quantize ``b`` LUTs per element (a floor quantize with no
+saturation is wiring), flatten and pixel shuffle nothing; ``add`` of k inputs ``k - 1``
+adders of the output's ``b`` bits per element (1 LUT per bit, no DSP) and ``b`` FFs per
+element, ``ceil(log2 k / ADDS_PER_STAGE)`` cycles; ``concat`` nothing (wiring: inputs are
+placed side by side, a shift to the common fraction bits is wiring too); ``clip`` two
+comparators against constants and two muxes, ``b`` LUTs per bound per element (``2b``) and
+``b`` FFs, 0 cycles like ReLU.
 
 Latency: a Dense/Conv kernel costs ``(R - 1) + mult_stages + ceil(log2(fan_in + 1) / ADDS_PER_STAGE)``
 cycles (DSP multiply 1 stage, LUT multiply and DA 0), pooling 1 cycle, ReLU / quantize /
-mask / flatten 0 (folded into the producer's pipeline stage by HLS). The design is a pipeline: total latency is the sum, the initiation interval the
-largest layer II.
+mask / flatten / concat / clip 0 (folded into the producer's pipeline stage by HLS). The
+graph is a DAG and an io_parallel design computes independent branches side by side: the
+total latency is the *critical path* (:func:`critical_path`: the longest path, each node
+starting when its latest producer is done; for a chain it is the sum), the initiation
+interval the largest layer II.
 """
 from __future__ import annotations
 
@@ -275,9 +296,80 @@ def _avgpool(n: NodeCounts) -> Resources:
     return Resources(0, n.out_nonzero * (n.pool - 1) * b, n.out_nonzero * b, 0, 1 + ceil_log2(n.pool) // 2, 1)
 
 
+@other_model("add")
+def _add(n: NodeCounts) -> Resources:
+    """k - 1 adders of b bits per alive output element (LUTs, no DSP)."""
+    b = n.out_format.bits
+    k = len(n.inputs) if n.inputs else 2
+    return Resources(0, n.out_nonzero * (k - 1) * b, n.out_nonzero * b, 0,
+                     math.ceil(ceil_log2(k) / ADDS_PER_STAGE), 1)
+
+
+@other_model("concat")
+def _concat(n: NodeCounts) -> Resources:
+    """Wiring."""
+    return Resources(0, 0, 0, 0, 0, 1)
+
+
+@other_model("clip")
+def _clip(n: NodeCounts) -> Resources:
+    """Two comparators against constants and two muxes: b LUTs per bound per element."""
+    b = n.out_format.bits
+    return Resources(0, n.out_nonzero * 2 * b, n.out_nonzero * b, 0, 0, 1)
+
+
+def _scale_shift_model(n: NodeCounts, st: LayerStrategy, dsp_width) -> Resources:
+    """One constant multiplier per alive element with a nonzero scale, one adder per alive
+    output element (the kernel is unrolled over all elements); Latency only."""
+    w = n.weight
+    count = w.macs
+    dsp, lut, kind = _mults(n, count, True, dsp_width)
+    acc = w.acc_format.bits
+    lut += n.out_nonzero * min(acc, w.weight_bits + w.in_format.bits + 1)
+    ff = n.out_nonzero * acc
+    depth = {"DSP": 1}.get(kind, 0) + 1
+    return Resources(dsp, lut, ff, 0, depth, 1, count, kind)
+
+
+#: weight layers with their own model (Latency only): op -> model
+_OP_WEIGHT_MODELS = {"scale_shift": _scale_shift_model}
+#: ops whose hls4ml layer takes a Strategy / ReuseFactor (the keys of a strategy plan);
+#: scale_shift has none in qsp-compile's config (it is modelled as Latency regardless)
+STRATEGY_OPS = ("linear", "conv2d")
+
+
+def buildable(n: NodeCounts, st: LayerStrategy | None) -> LayerStrategy:
+    """The strategy that qsp-compile can build for ``n`` given ``st``: ``st`` itself, or
+    ``Latency`` with reuse factor 1 for the layers built only that way (depthwise / grouped
+    conv, scale_shift: :attr:`~qsp.estimate.counts.WeightInfo.latency_only`)."""
+    st = st or LayerStrategy()
+    w = n.weight
+    if w is not None and w.latency_only and (st.strategy != "Latency" or int(st.reuse_factor) != 1):
+        return LayerStrategy("Latency", 1, w.latency_only + (f" (not {st.strategy} R={st.reuse_factor})"))
+    if w is not None and w.latency_only and not st.why:
+        return LayerStrategy("Latency", 1, w.latency_only)
+    return st
+
+
+def critical_path(nodes, latency: dict[str, int]) -> int:
+    """Latency of a DAG of ``nodes`` (each with ``name`` and ``inputs``) whose node ``x``
+    takes ``latency[x]`` cycles: the longest path from the graph input, each node starting
+    when its latest producer is done (io_parallel: independent branches run side by side)."""
+    done: dict[str, int] = {}
+    prev = None
+    for n in nodes:
+        ins = n.inputs or ([prev] if prev is not None else [])
+        done[n.name] = max((done.get(x, 0) for x in ins), default=0) + int(latency.get(n.name, 0))
+        prev = n.name
+    return max(done.values(), default=0)
+
+
 def layer_resources(n: NodeCounts, st: LayerStrategy | None, dsp_width: tuple[int, int]) -> Resources:
     if n.weight is not None:
-        st = st or LayerStrategy()
+        st = buildable(n, st)
+        op_model = _OP_WEIGHT_MODELS.get(n.op)
+        if op_model is not None:
+            return op_model(n, st, dsp_width)
         model = _WEIGHT_MODELS.get(st.strategy)
         if model is None:
             from ..errors import ConfigError
