@@ -75,8 +75,20 @@ class CompileOptions:
             self.board = get_board(self.board)
         if self.board is not None and self.dsp_budget is None:
             self.dsp_budget = self.board.dsp
+        if self.strategy == "resource_unrolled" and self.accelerator:
+            raise ConfigError(f"--strategy resource_unrolled cannot be built for {self.board.name}: hls4ml 1.3.0's "
+                              "VivadoAccelerator backend (the board's accelerator project) rejects it "
+                              "('Unexpected backend VivadoAccelerator in GenerateUnrolledDenseResource'); use "
+                              "--strategy Resource or auto")
         if self.cxx_opt_level not in (0, 1, 2, 3):
             raise ConfigError(f"C++ optimisation level {self.cxx_opt_level!r}: choose one of 0, 1, 2, 3")
+
+
+    @property
+    def accelerator(self) -> bool:
+        """Whether the board's VivadoAccelerator project is written too (its backend
+        cannot build resource_unrolled in hls4ml 1.3.0)."""
+        return self.board is not None and bool(getattr(self.board, "hls4ml_board", None))
 
 
 @dataclass
@@ -124,7 +136,7 @@ def rule_strategies(bundle, plan: PrecisionPlan, opts: CompileOptions) -> dict[s
         if s == "auto":
             if da4ml_available():
                 out[lp.name] = LayerStrategy("distributed_arithmetic", 1, "da4ml available: shift-add, zeros free")
-            elif lp.op == "linear" and opts.io_type == "io_parallel" and sparsity >= SPARSE_RU:
+            elif lp.op == "linear" and opts.io_type == "io_parallel" and sparsity >= SPARSE_RU and not opts.accelerator:
                 out[lp.name] = LayerStrategy("resource_unrolled", rf("resource_unrolled", 2),
                                              f"{sparsity:.0%} pruned: multipliers only for nonzero weights")
             elif opts.dsp_budget is not None and mults > opts.dsp_budget:
@@ -166,9 +178,11 @@ class StrategyPlan:
         return out
 
 
-def buildable_strategies() -> tuple[str, ...]:
-    """The strategies qsp-compile can build here (distributed_arithmetic only with da4ml)."""
-    return tuple(s for s in STRATEGIES if s != "auto" and (s != "distributed_arithmetic" or da4ml_available()))
+def buildable_strategies(opts: CompileOptions | None = None) -> tuple[str, ...]:
+    """The strategies qsp-compile can build here (distributed_arithmetic only with da4ml;
+    no resource_unrolled where the board's VivadoAccelerator project is written)."""
+    return tuple(s for s in STRATEGIES if s != "auto" and (s != "distributed_arithmetic" or da4ml_available())
+                 and not (s == "resource_unrolled" and opts is not None and opts.accelerator))
 
 
 def _usage(be, plan) -> tuple[str, float]:
@@ -193,7 +207,7 @@ def plan_strategies(bundle, plan: PrecisionPlan, opts: CompileOptions) -> Strate
         return StrategyPlan(rule, "rule")
     from ..estimate import fit_plan
 
-    be = fit_plan(bundle, opts.board, rule, available=buildable_strategies())
+    be = fit_plan(bundle, opts.board, rule, available=buildable_strategies(opts))
     name = be.board.name
     k, u = _usage(be, be.plan)
     if be.verdict == "fits":

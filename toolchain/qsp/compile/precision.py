@@ -269,7 +269,7 @@ def _avgpool(st, n, post):
         # the window sum goes to accum, is divided keeping accum's fraction bits (truncation
         # toward zero), then cast to result: exact when accum keeps enough fraction bits
         frac = (c.frac + lg) if 2 ** lg == cnt else max(c.frac, post[0].frac + 1) + lg
-        acc = FixedFormat(c.integer + lg + frac, frac, True)
+        acc = FixedFormat(c.integer + (0 if c.signed else 1) + lg + frac, frac, True)  # + a sign bit for unsigned input
         exact = acc
     lp = _finish(LayerPrecision(n.name, n.op, exact, accum=acc, node=n.name), exact, post)
     return lp
