@@ -264,7 +264,8 @@ def _avgpool(st, n, post):
                 f"node {n.name!r} (avgpool2d): a {n.kernel_size} window mean is not a fixed-point value; "
                 "quantize its output (add a quantizer after the pooling) to compile it")
         exact = FixedFormat(c.bits + lg, c.frac + lg, c.signed)
-        acc = exact
+        # the window sum needs lg more integer bits than the mean (hls4ml sums in accum)
+        acc = FixedFormat(c.bits + 2 * lg, c.frac + lg, c.signed)
     else:
         # the window sum goes to accum, is divided keeping accum's fraction bits (truncation
         # toward zero), then cast to result: exact when accum keeps enough fraction bits
