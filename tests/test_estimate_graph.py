@@ -288,3 +288,17 @@ def test_cli_on_every_shipped_board(dag, tmp_path, capsys):
         assert main([str(path), "--board", str(f)]) == 0, f.name
         first = capsys.readouterr().out.splitlines()[0]
         assert first.startswith(f"board {f.stem} ")
+
+
+def test_hardware_graph_falls_back_when_transforms_fail(dag, monkeypatch):
+    """A graph qsp-compile's transformations cannot handle is estimated as trained, and the
+    description says why (never silently)."""
+    from qsp.estimate import core
+
+    def boom(bundle, steps):
+        raise ValueError("not on this graph")
+
+    monkeypatch.setattr(core.transforms, "run", boom)
+    e = estimate(dag, ["pynq-z2"])
+    assert e.hardware.steps == () and "failed on this graph: ValueError: not on this graph" in e.hardware.describe()
+    assert e.boards[0].verdict in ("fits", "fits with another strategy", "does not fit")

@@ -33,6 +33,7 @@ from typing import Iterable, Mapping
 
 from ..boards import Board, all_boards, get_board
 from ..bundle.footprint import float_footprint, footprint
+from ..bundle.schema import GRAPH_INPUT
 from ..compile import transforms  # hls4ml-free: numpy and the bundle only
 from ..fixedpoint import ceil_log2
 from . import energy as E
@@ -496,13 +497,22 @@ def original_float_baseline(bundle, ffp, weight_layers) -> tuple[int, int, str]:
     extra = bundle.qspec.extra or {}
     removed = extra.get("removed_channels") or {}
     djpq_bops = (extra.get("djpq") or {}).get("bops_fp32")
-    scale, r = {}, Fraction(1)
+    # ratio[t]: original / kept channels of tensor t, along the graph's inputs
+    scale, ratio = {}, {GRAPH_INPUT: Fraction(1)}
     for n in bundle.graph:
+        ins = n.inputs or [GRAPH_INPUT]
+        r = ratio.get(ins[0], Fraction(1))
         if n.op in ("linear", "conv2d"):
             rm = removed.get(n.name)
             r_out = Fraction(int(rm["original"]), len(rm["kept"])) if rm else Fraction(1)
-            scale[n.name], r = r * r_out, r_out
-        elif n.op in ("quantize", "scale_shift"):  # per-channel: follows the channels before it
+            scale[n.name], ratio[n.name] = r * r_out, r_out
+            continue
+        if n.op == "concat":  # kept channels side by side: the channel-weighted ratio
+            shapes = {m.name: m.out_shape for m in bundle.graph}
+            kept = [int(shapes[x][0]) if x in shapes else 1 for x in ins]
+            r = sum((k * ratio.get(x, Fraction(1)) for k, x in zip(kept, ins)), Fraction(0)) / max(sum(kept), 1)
+        ratio[n.name] = r
+        if n.op in ("quantize", "scale_shift"):  # per-channel: follows the channels it reads
             scale[n.name] = r
     bits = sum(x.footprint_bits * scale.get(x.name, 1) for x in ffp.layers + ffp.points)
     bops = sum(le.bops_float * scale.get(le.name, 1) for le in weight_layers)
