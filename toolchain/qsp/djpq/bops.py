@@ -144,24 +144,41 @@ def summary(model: nn.Module) -> dict:
             "layers": [r.to_dict() for r in rows]}
 
 
+#: bundle ops through which a quantized value keeps its format on the way to a weight node
+_SAME_FORMAT_OPS = {"flatten", "maxpool2d", "mask"}
+
+
 def bundle_bops(bundle, fp32_macs: int | None = None) -> dict:
     """BOPs of any bundle's graph (qsparse or DJPQ) from its node shapes and formats.
 
     Per weight node: ``bops = MACs * b_w * b_a`` with ``MACs`` of the node as it is (pruned
-    channels already removed), ``b_a`` the bits of the nearest ``quantize`` node before it
-    (32 if none); ``bops_nonzero`` counts only the MACs of nonzero weights (unstructured
-    sparsity, e.g. qsparse's pruned weights). Ratios are to ``fp32_macs * 32 * 32``
-    (default: the bundle's own MACs, i.e. its dense-at-32-bit version).
+    channels already removed; a grouped/depthwise conv's weight holds ``in/groups`` inputs
+    per output), ``b_a`` the bits of the ``quantize`` node whose value it reads (followed
+    back through its inputs across ``flatten``/``maxpool2d``/``mask``; 32 if none);
+    ``bops_nonzero`` counts only the MACs of nonzero weights (unstructured sparsity, e.g.
+    qsparse's pruned weights). Ratios are to ``fp32_macs * 32 * 32`` (default: the bundle's
+    own MACs, i.e. its dense-at-32-bit version).
     """
     from ..bundle import Conv2dNode, LinearNode, QuantNode
 
-    rows, a_bits = [], FP32_BITS
-    for n in bundle.graph:
-        if isinstance(n, QuantNode):
-            a_bits = n.format.bits
-            continue
+    graph = list(bundle.graph)
+    prod = {n.name: n for n in graph}
+    before = {n.name: (graph[i - 1] if i else None) for i, n in enumerate(graph)}
+
+    def source(n):  # the node whose value n reads (a graph built without inputs: the one before)
+        return prod.get(n.inputs[0]) if n.inputs else before[n.name]
+
+    def a_bits_of(n) -> int:
+        src = source(n)
+        while src is not None and src.op in _SAME_FORMAT_OPS:
+            src = source(src)
+        return src.format.bits if isinstance(src, QuantNode) else FP32_BITS
+
+    rows = []
+    for n in graph:
         if not isinstance(n, (LinearNode, Conv2dNode)):
             continue
+        a_bits = a_bits_of(n)
         w = bundle.weights[f"{n.name}.weight"]
         positions = 1 if isinstance(n, LinearNode) else int(n.out_shape[1] * n.out_shape[2])
         macs = int(w.size) * positions

@@ -1,23 +1,39 @@
-"""``qsp.djpq.convert``: turn a plain sequential model into a DJPQ model.
+"""``qsp.djpq.convert``: turn any traceable model into a DJPQ model.
+
+The model is captured with torch.fx like :func:`qsp.convert` (:mod:`qsp.nn.capture`:
+functional activations become modules, inference identities are dropped), then
 
 * the input gets a learned quantizer (``input_quant``);
-* every Linear/Conv2d becomes a :class:`DJPQLayer` (learned weight bits; a VIB gate on its
-  outputs, except the last weight layer, whose outputs are the task's outputs);
-* every ReLU becomes ``Sequential(act=ReLU, quant=LearnedQuantizer(unsigned))``.
+* every Linear/Conv2d (depthwise and grouped convs included) becomes a :class:`DJPQLayer`
+  (learned weight bits); a BatchNorm that reads only its output is folded into it
+  (fold-aware training, see :mod:`qsp.djpq.layers`);
+* every ReLU/ReLU6/Hardtanh/LeakyReLU becomes ``Sequential(act, quant=LearnedQuantizer)``
+  (unsigned after ReLU/ReLU6);
+* an add, a concatenation or an average pooling whose value is not read by an activation
+  alone gets a LearnedQuantizer of its own, and so does any other value a weight layer
+  would read unquantized (e.g. MobileNetV2's linear bottleneck feeding the next block);
+  it is unsigned when the value is provably non-negative, signed otherwise;
+* VIB gates go on the layers the graph allows (:mod:`qsp.djpq.graph`: a single-reader
+  per-channel path to exactly one ungrouped weight layer).
 
-The layout matches :func:`qsp.convert`'s (``Sequential(input_quant, net)``) so the bundle
-exporter walks it unchanged.
+Returns ``Sequential(input_quant, net)`` where ``net`` is the user's module changed in place
+when the captured graph calls exactly its modules, else the captured ``fx.GraphModule``
+(which shares the user's parameters), as :func:`qsp.convert` does.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+import copy
+from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from .. import fixedpoint as fp
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsupportedLayerError
+from ..nn.capture import (ADD_FUNCS, CAT_FUNCS, POOL_FUNCS, POOL_MODULES, capture, drop_node, modules_in_order,
+                          weight_bn_pairs)
+from .graph import analyze, is_quantizer, module_of, tensor_users, unit_kind
 from .layers import DJPQLayer
 from .quant import LearnedQuantizer
 
@@ -91,37 +107,184 @@ class DJPQConfig:
                     temperature=self.gate_temperature)
 
 
-def _leaves(model: nn.Module, prefix=""):
-    for key, child in model.named_children():
-        name = f"{prefix}{key}"
-        if isinstance(child, nn.Sequential):
-            yield from _leaves(child, name + ".")
+#: activation module -> its output is never negative (unsigned quantizer)
+def _act_unsigned(m: nn.Module) -> bool | None:
+    """True/False for an activation DJPQ quantizes (unsigned output or not), None otherwise."""
+    if type(m) in (nn.ReLU, nn.ReLU6):
+        return True
+    if type(m) is nn.Hardtanh:
+        return float(m.min_val) >= 0
+    if type(m) is nn.LeakyReLU:
+        return False
+    return None
+
+
+def _has(model: nn.Module, target: str) -> bool:
+    try:
+        model.get_submodule(target)
+        return True
+    except AttributeError:
+        return False
+
+
+def _set(gm: nn.Module, target: str, mod: nn.Module | None, model: nn.Module) -> None:
+    """Put ``mod`` at ``target`` in the graph module and in the user's model (``None``: a
+    folded BatchNorm, which becomes the identity in the user's model)."""
+    parent, _, key = target.rpartition(".")
+    for root in (gm, model):
+        if mod is None and root is gm and root is not model:
+            gm.delete_submodule(target)
+            continue
+        if _has(root, target):
+            setattr(root.get_submodule(parent) if parent else root, key, nn.Identity() if mod is None else mod)
+
+
+def _fresh_name(gm: nn.Module, base: str) -> str:
+    name, k = base, 1
+    while _has(gm, name):
+        k += 1
+        name = f"{base}_{k}"
+    return name
+
+
+def _nonneg(gm: nn.Module, node) -> bool:
+    """The value of ``node`` is provably never negative (an unsigned quantizer suffices)."""
+    if not isinstance(node, fx.Node):
+        return False
+    m = module_of(gm, node)
+    if isinstance(m, nn.Sequential) and "act" in m._modules:
+        return bool(_act_unsigned(m.act))
+    if isinstance(m, LearnedQuantizer):
+        return int(m._signed) == 0
+    if m is not None and _act_unsigned(m):
+        return True
+    if node.op in ("call_function", "call_method"):
+        t = node.target
+        if t in ADD_FUNCS or t in CAT_FUNCS:
+            ins = node.args[0] if t in CAT_FUNCS else node.args[:2]
+            return all(_nonneg(gm, a) for a in ins) and bool(ins)
+    if unit_kind(gm, node) is not None and node.args:
+        return _nonneg(gm, node.args[0])
+    return False
+
+
+def _read_by_activation_alone(gm, node) -> bool:
+    users = tensor_users(node)
+    if len(users) != 1 or users[0].op != "call_module":
+        return False
+    m = gm.get_submodule(users[0].target)
+    return isinstance(m, nn.Sequential) and "act" in m._modules or _act_unsigned(m) is not None
+
+
+def _join_targets(gm: fx.GraphModule) -> list:
+    """add / concatenation / average-pooling nodes whose value is not read by an activation
+    alone (the rule of :func:`qsp.convert`)."""
+    out = []
+    for node in gm.graph.nodes:
+        if node.op in ("call_function", "call_method"):
+            if node.target not in ADD_FUNCS and node.target not in CAT_FUNCS and node.target not in POOL_FUNCS:
+                continue
+        elif node.op == "call_module":
+            if not isinstance(gm.get_submodule(node.target), POOL_MODULES):
+                continue
         else:
-            yield name, child, model, key
+            continue
+        if not _read_by_activation_alone(gm, node):
+            out.append(node)
+    return out
+
+
+def _unquantized_inputs(gm: fx.GraphModule) -> list:
+    """Values a weight layer reads (through flatten, max pooling, identities) that no
+    quantizer produced and that are not the graph input: they get a quantizer, so every
+    weight layer multiplies fixed-point activations of learned width."""
+    out = []
+    for node in gm.graph.nodes:
+        if not isinstance(module_of(gm, node), DJPQLayer):
+            continue
+        a = node.args[0]
+        while isinstance(a, fx.Node) and a.op != "placeholder":
+            m = module_of(gm, a)
+            if m is not None and is_quantizer(m):
+                break
+            if unit_kind(gm, a) in ("same", "flatten") or isinstance(m, nn.MaxPool2d) or \
+                    a.target is torch.nn.functional.max_pool2d:
+                a = a.args[0]
+                continue
+            if a not in out:
+                out.append(a)
+            break
+    return out
+
+
+def _insert_quant(gm: fx.GraphModule, node, cfg: "DJPQConfig") -> None:
+    name = _fresh_name(gm, f"{node.name}_quant")
+    q = LearnedQuantizer(not _nonneg(gm, node), init_quantile=cfg.act_init_quantile, **cfg.quant_kw())
+    gm.add_submodule(name, q)
+    with gm.graph.inserting_after(node):
+        new = gm.graph.call_module(name, (node,))
+    node.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
 
 
 def convert(model: nn.Module, input_shape=None, cfg: DJPQConfig | None = None, **overrides) -> nn.Sequential:
-    """Wrap ``model`` (a sequential model, modified in place) for DJPQ training. With
-    ``input_shape`` (no batch dim) each weight layer's dense MACs are recorded now,
-    otherwise on the first forward pass."""
+    """Wrap ``model`` for DJPQ training (see the module doc). With ``input_shape`` (no batch
+    dim) each weight layer's dense MACs are recorded now, otherwise on the first forward
+    pass."""
     cfg = cfg or DJPQConfig()
     if overrides:
         cfg = cfg.with_(**overrides)
-    leaves = list(_leaves(model))
-    weight = [n for n, m, _, _ in leaves if isinstance(m, WEIGHT_LAYERS)]
-    if not weight:
+    gm = capture(model)
+    changed = any(n.op == "call_module" and not _has(model, n.target) for n in gm.graph.nodes)
+    calls = list(modules_in_order(gm))
+    uses = Counter(n.target for n, _ in calls)
+    weights = [(n.target, m) for n, m in calls if isinstance(m, WEIGHT_LAYERS)]
+    if not weights:
         raise ConfigError("djpq: the model has no Linear/Conv2d layer to quantize")
-    for name, mod, parent, key in leaves:
-        if isinstance(mod, WEIGHT_LAYERS):
-            setattr(parent, key, DJPQLayer(mod, gate=name != weight[-1], bias_bits=cfg.bias_bits,
-                                           gate_kw=cfg.gate_kw(), quant_kw=cfg.quant_kw(), name=name))
-        elif isinstance(mod, nn.ReLU):
-            aq = LearnedQuantizer(False, init_quantile=cfg.act_init_quantile, **cfg.quant_kw())
-            setattr(parent, key, nn.Sequential(OrderedDict([("act", mod), ("quant", aq)])))
+    for name, _ in weights:
+        if uses[name] > 1:
+            raise UnsupportedLayerError(f"layer {name!r} is called {uses[name]} times: DJPQ needs one call per "
+                                        "weight layer (shared weights are not supported)")
+    bn_of = weight_bn_pairs(gm)
+    for name, mod in weights:
+        bn = gm.get_submodule(bn_of[name]) if name in bn_of else None
+        _set(gm, name, DJPQLayer(mod, gate=False, bias_bits=cfg.bias_bits, gate_kw=cfg.gate_kw(),
+                                 quant_kw=cfg.quant_kw(), name=name, bn=bn), model)
+        if bn is not None:
+            drop_node(gm, bn_of[name])
+            _set(gm, bn_of[name], None, model)
+    seen = set()
+    for node, mod in calls:
+        unsigned = _act_unsigned(mod)
+        if unsigned is None:
+            continue
+        q = LearnedQuantizer(not unsigned, init_quantile=cfg.act_init_quantile, **cfg.quant_kw())
+        if node.target not in seen and uses[node.target] == 1:
+            _set(gm, node.target, nn.Sequential(OrderedDict([("act", mod), ("quant", q)])), model)
+        else:  # an activation module called more than once: each call gets its own quantizer
+            name = _fresh_name(gm, f"{node.name}_act")
+            gm.add_submodule(name, nn.Sequential(OrderedDict([("act", copy.deepcopy(mod)), ("quant", q)])))
+            node.target = name
+            changed = True
+        seen.add(node.target)
+    joins = _join_targets(gm)
+    for node in joins:
+        _insert_quant(gm, node, cfg)
+    raw = _unquantized_inputs(gm)
+    for node in raw:
+        _insert_quant(gm, node, cfg)
+    changed |= bool(joins) or bool(raw)
+    gm.graph.lint()
+    gm.recompile()
+    net = gm if changed else model
     inq = LearnedQuantizer(cfg.input_signed, **cfg.quant_kw(cfg.input_bits))
-    out = nn.Sequential(OrderedDict([("input_quant", inq), ("net", model)]))
+    out = nn.Sequential(OrderedDict([("input_quant", inq), ("net", net)]))
     # the BOPs controller's lambda, saved with the model (0: not set yet)
     out.register_buffer("djpq_lambda", torch.zeros((), dtype=torch.float64))
+    links = analyze(out)
+    for r in links:
+        L = out.get_submodule(r.name)
+        L.set_gated(r.consumer is not None and L.groups == 1)
+    out._djpq_links = links
     if input_shape is not None:
         record_macs(out, input_shape)
     return out
@@ -142,8 +305,9 @@ def record_macs(model: nn.Module, input_shape) -> None:
 
 @dataclass
 class ChainEntry:
-    """A weight layer with the activation quantizer that feeds it and the gated layer
-    whose outputs are its inputs (None: the model input)."""
+    """A weight layer with the activation quantizer that feeds it (None: unquantized) and
+    the gated layer whose outputs alone are its inputs (None: the graph input, an ungated
+    layer, or a join)."""
 
     name: str
     layer: DJPQLayer
@@ -152,16 +316,21 @@ class ChainEntry:
 
 
 def layer_chain(model: nn.Module) -> list[ChainEntry]:
-    """The weight layers in execution order (module registration order of the
-    sequential model)."""
+    """The weight layers in execution order, from a walk of the traced graph
+    (:func:`qsp.djpq.graph.analyze`; cached on the model :func:`convert` returns)."""
+    links = getattr(model, "_djpq_links", None)
+    if links is None:
+        links = analyze(model)
+        try:
+            model._djpq_links = links
+        except AttributeError:  # pragma: no cover
+            pass
     chain = []
-    aq = prev = None
-    for name, m in model.named_modules():
-        if isinstance(m, DJPQLayer):
-            chain.append(ChainEntry(name, m, aq, prev))
-            prev = m
-        elif isinstance(m, LearnedQuantizer) and not name.endswith(".wq") and name != "wq":
-            aq = m
+    for r in links:
+        L = model.get_submodule(r.name)
+        aq = model.get_submodule(r.act_quant) if r.act_quant else None
+        prev = model.get_submodule(r.producer) if r.producer else None
+        chain.append(ChainEntry(r.name, L, aq, prev if prev is not None and prev.gate is not None else None))
     return chain
 
 

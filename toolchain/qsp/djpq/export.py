@@ -43,7 +43,9 @@ def _djpq_layer(ctx, path, m: DJPQLayer, in_shape, out_shape):
                               "are not supported by the bundle")
         node = Conv2dNode(name=ctx.name("conv"), in_channels=layer.in_channels, out_channels=layer.out_channels,
                           kernel_size=_pair(layer.kernel_size), stride=_pair(layer.stride),
-                          padding=_pair(layer.padding), **common)
+                          padding=_pair(layer.padding), groups=int(layer.groups), **common)
+    if m.bn is not None:
+        node.source += f" (+ folded {type(m.bn).__name__})"
     ctx.weights[f"{node.name}.weight"] = w
     plain = path[4:] if path.startswith("net.") else path
     ctx.state[f"{plain}.weight"] = w.astype(np.float32)
@@ -72,13 +74,14 @@ def djpq_report(model: nn.Module, bundle: Bundle | None = None, metrics: dict | 
     s = summary(model)
     by_source = {}
     if bundle is not None:
-        by_source = {n.source: n.name for n in bundle.graph}
+        by_source = {n.source.split(" (+ folded")[0]: n.name for n in bundle.graph}
     layers = []
     for e, row in zip(layer_chain(model), s["layers"]):
         aq = e.act_quant
         layers.append({
             "layer": e.name, "node": by_source.get(e.name, ""),
-            "type": type(e.layer.layer).__name__,
+            "type": type(e.layer.layer).__name__, "groups": e.layer.groups,
+            "gated": e.layer.gate is not None, "bn_folded": e.layer.bn is not None,
             "w_bits": e.layer.wq.bits(), "w_frac": e.layer.wq.frac(),
             "a_bits": aq.bits() if aq is not None else 32,
             "a_frac": aq.frac() if aq is not None else None,

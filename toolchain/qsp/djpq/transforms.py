@@ -3,10 +3,13 @@
 :class:`RemovePrunedChannels` physically removes the output channels that a weight node
 marks as pruned (``kept_outputs``) together with the matching input channels / features of
 the next weight node, so the compiler sees a smaller dense network and needs no notion of
-structured pruning. Between the two weight nodes the channel travels through ``relu``,
-``mask``, ``quantize``, ``maxpool2d``, ``avgpool2d`` (all per channel: shapes shrink, masks
-are sliced) and ``flatten`` (channel ``c`` of a ``[C, H, W]`` map becomes features
-``c*H*W ... c*H*W + H*W - 1``).
+structured pruning. The pairs are exactly the links of :func:`qsp.bundle.graph.link_after`:
+between the two weight nodes the channel travels, every value read by one node only, through
+``relu``, ``mask``, ``quantize``, ``maxpool2d``, ``avgpool2d``, ``clip`` with ``lo <= 0 <= hi``
+(all per channel: shapes shrink, masks are sliced) and at most one ``flatten`` (channel ``c``
+of a ``[C, H, W]`` map becomes features ``c*H*W ... c*H*W + H*W - 1``). A value read twice,
+an ``add`` or ``concat``, and a depthwise/grouped conv (producer or consumer) end a link:
+such channels stay.
 
 The function computed is unchanged: a removed channel must have an all-zero weight row and
 a zero bias (what a DJPQ export gives), so its output is 0 before and after every
@@ -26,8 +29,9 @@ from ..bundle import Bundle, LinearNode
 from ..bundle.graph import UNIT_OPS, WEIGHTED, link_after, remove_units
 from ..errors import BundleError
 
-#: per-channel ops a pruned (all-zero) channel crosses: 0 stays 0 (average pooling too)
-PER_CHANNEL_OPS = UNIT_OPS | {"avgpool2d"}
+#: per-channel ops a pruned (all-zero) channel crosses: 0 stays 0 (average pooling too; a
+#: clip only when its range holds 0, checked per link)
+PER_CHANNEL_OPS = UNIT_OPS | {"avgpool2d", "clip"}
 WEIGHT_NODES = WEIGHTED
 
 
@@ -65,8 +69,8 @@ class RemovePrunedChannels:
                 n.kept_outputs = None
                 continue
             link = link_after(graph, i, PER_CHANNEL_OPS)
-            if link.consumer is None:
-                continue  # output layer or a channel-mixing op follows: leave in place
+            if link.consumer is None or not _zero_stays_zero(graph, link):
+                continue  # output layer, a join, fan-out or a channel-mixing op follows: leave in place
             self._check_zero(out, n, kept, C)
             n.kept_outputs = None
             remove_units(out, graph, i, link, kept)
@@ -84,3 +88,8 @@ class RemovePrunedChannels:
         if bad:
             raise BundleError(f"node {n.name!r}: channels {bad[:8]} are marked pruned but have nonzero "
                               "weights or bias; removing them would change the network")
+
+
+def _zero_stays_zero(graph, link) -> bool:
+    """Every clip between producer and consumer maps 0 to 0."""
+    return all(float(graph[t].lo) <= 0.0 <= float(graph[t].hi) for t in link.between if graph[t].op == "clip")
