@@ -302,3 +302,21 @@ def test_hardware_graph_falls_back_when_transforms_fail(dag, monkeypatch):
     e = estimate(dag, ["pynq-z2"])
     assert e.hardware.steps == () and "failed on this graph: ValueError: not on this graph" in e.hardware.describe()
     assert e.boards[0].verdict in ("fits", "fits with another strategy", "does not fit")
+
+
+def test_no_resource_unrolled_where_compile_cannot_build_it():
+    """qsp-compile writes a VivadoAccelerator project for boards with an hls4ml target, and
+    hls4ml 1.3.0 rejects resource_unrolled there: the estimator neither defaults to it nor
+    proposes it on those boards."""
+    rng = np.random.default_rng(3)
+    w = random_codes(rng, (64, 256), 6) / 32.0
+    w[rng.random(w.shape) < 0.7] = 0  # 70 % pruned: resource_unrolled by the rule
+    b = make([quant("input_quant", [256], 8, 6), linear("fc", 256, 64, 6, 5)], {"fc.weight": w})
+    counts = count_graph(b)
+    assert default_strategies(counts, get_board("kv260"))["fc"].strategy == "resource_unrolled"
+    assert default_strategies(counts, get_board("pynq-z2"))["fc"].strategy != "resource_unrolled"
+    for name in ("pynq-z2", "zcu102", "alveo-u50"):
+        be = fit_plan(b, get_board(name), {"fc": ("Latency", 1)})
+        for p in (be.plan, be.alternative):
+            if p is not None and p.label != "given":
+                assert all(s.strategy != "resource_unrolled" for s in p.strategies.values()), (name, p.label)

@@ -222,6 +222,15 @@ def _smallest_reuse(n: NodeCounts, at_least: int, strategy: str) -> int:
     return smallest_valid_reuse(*_fan(n), at_least, strategy, n.op)
 
 
+def board_strategies(board: Board | None) -> tuple[str, ...]:
+    """The strategies qsp-compile can build for ``board``: no resource_unrolled on a board
+    with an hls4ml VivadoAccelerator target (qsp-compile writes that project too, and hls4ml
+    1.3.0's VivadoAccelerator backend rejects resource_unrolled); distributed_arithmetic is
+    listed (whether da4ml is installed is the caller's ``available``)."""
+    acc = board is not None and bool(getattr(board, "hls4ml_board", None))
+    return tuple(s for s in STRATEGIES if not (s == "resource_unrolled" and acc))
+
+
 def _strategy_nodes(counts: GraphCounts) -> list[NodeCounts]:
     return [n for n in counts.weight_nodes() if n.op in STRATEGY_OPS]
 
@@ -230,7 +239,8 @@ def default_strategies(counts: GraphCounts, board: Board | None) -> dict[str, La
     """What ``qsp-compile --strategy auto`` picks by its fixed rule
     (:func:`qsp.compile.hls4ml_project.rule_strategies`, io_parallel), before its board
     check: distributed_arithmetic when da4ml is importable; else resource_unrolled for a
-    Dense layer with >= 50 % of its weights pruned; Resource with the smallest reuse factor
+    Dense layer with >= 50 % of its weights pruned (not on a board with an hls4ml
+    VivadoAccelerator target: :func:`board_strategies`); Resource with the smallest reuse factor
     that brings the layer's nonzero weights under the board's DSP count when they exceed it
     (whether or not its multiplies would use DSPs: the compiler's rule); else Latency
     (depthwise / grouped conv: Latency, reuse factor 1, always: the only way qsp builds
@@ -244,7 +254,7 @@ def default_strategies(counts: GraphCounts, board: Board | None) -> dict[str, La
             out[n.name] = buildable(n, None)
         elif da:
             out[n.name] = LayerStrategy("distributed_arithmetic", 1, "da4ml available: shift-add, zeros free")
-        elif n.op == "linear" and w.sparsity >= SPARSE_RU:
+        elif n.op == "linear" and w.sparsity >= SPARSE_RU and "resource_unrolled" in board_strategies(board):
             out[n.name] = LayerStrategy("resource_unrolled", _smallest_reuse(n, 2, "resource_unrolled"),
                                         f"{w.sparsity:.0%} pruned")
         elif board is not None and w.nonzeros > board.dsp:
@@ -335,16 +345,17 @@ def _energy(layers: list[LayerEstimate], board: Board) -> tuple[E.Energy, E.Ener
 def estimate_board(counts: GraphCounts, layers: list[LayerEstimate], board: Board, strategies=None,
                    available: Iterable[str] | None = None) -> BoardEstimate:
     """``available``: the strategies an alternative plan may use (all when None; qsp-compile
-    passes those it can build, e.g. no distributed_arithmetic without da4ml)."""
+    passes those it can build, e.g. no distributed_arithmetic without da4ml); never one
+    qsp-compile cannot build for ``board`` (:func:`board_strategies`)."""
     given = strategies is not None
     strat = ({k: _as_strategy(v) for k, v in strategies.items()} if given else default_strategies(counts, board))
     plan = make_plan(counts, board, strat, "given" if given else "default (qsp-compile auto)")
     e, e32 = _energy(layers, board)
     if _max_util(plan, board) <= 1.0:
         return BoardEstimate(board, "fits", _binding(plan, board), plan, None, e, e32)
-    ok = None if available is None else set(available)
+    ok = set(board_strategies(board)) & (set(STRATEGIES) if available is None else set(available))
     alts = [make_plan(counts, board, s, label) for label, s in candidate_plans(counts, board)
-            if ok is None or all(_as_strategy(v).strategy in ok for v in s.values())]
+            if all(_as_strategy(v).strategy in ok for v in s.values())]
     fitting = [p for p in alts if _max_util(p, board) <= 1.0]
     if fitting:
         roomy = [p for p in fitting if _max_util(p, board) <= ROUTABLE] or fitting
