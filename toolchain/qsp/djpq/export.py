@@ -95,11 +95,14 @@ def djpq_report(model: nn.Module, bundle: Bundle | None = None, metrics: dict | 
 
 def format_report(rep: dict) -> str:
     """A plain-text table of :func:`djpq_report`."""
-    head = f"{'layer':<12}{'node':<10}{'w bits':>7}{'a bits':>7}{'kept':>11}{'MACs':>11}{'BOPs':>14}"
+    wl = max([12] + [len(str(r["layer"])) + 2 for r in rep["layers"]])
+    wn = max([10] + [len(str(r["node"])) + 2 for r in rep["layers"]])
+    head = f"{'layer':<{wl}}{'node':<{wn}}{'w bits':>7}{'a bits':>7}{'kept':>11}{'MACs':>11}{'BOPs':>14}"
     lines = [head, "-" * len(head)]
     for r in rep["layers"]:
-        lines.append(f"{r['layer']:<12}{r['node']:<10}{r['w_bits']:>7}{r['a_bits']:>7}"
-                     f"{str(r['kept']) + '/' + str(r['out_channels']):>11}{r['macs']:>11,}{r['bops']:>14,.0f}")
+        kept = f"{r['kept']}/{r['out_channels']}" + ("" if r.get("gated", True) else " -")
+        lines.append(f"{r['layer']:<{wl}}{r['node']:<{wn}}{r['w_bits']:>7}{r['a_bits']:>7}"
+                     f"{kept:>11}{r['macs']:>11,}{r['bops']:>14,.0f}")
     red = rep["reduction"]
     lines.append(f"BOPs {rep['bops']:,.0f} vs FP32 dense {rep['bops_fp32']:,}: ratio {rep['bops_ratio']:.5f} "
                  f"({red:.1f}x reduction)" if math.isfinite(red) else "BOPs 0")
@@ -138,4 +141,9 @@ def export_djpq(model: nn.Module, task: TaskInfo, model_ref: ModelRef, test_x=No
     b.qspec.extra["djpq"] = djpq_report(model, b, metrics)
     if remove_channels:
         b = RemovePrunedChannels().apply(b)
+        # every gated layer's pruned channels are gone (the graph walk's links are the bundle's)
+        left = [n.source for n in b.graph if getattr(n, "kept_outputs", None) is not None
+                and len(n.kept_outputs) < n.out_shape[0]]
+        if left:
+            b.qspec.extra["djpq"]["not_removed"] = left
     return b
