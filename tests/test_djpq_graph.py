@@ -318,3 +318,37 @@ def test_qsp_train_djpq_resnet8_digits(tmp_path):
     assert len(r["layers"]) == 10 and sum(x["gated"] for x in r["layers"]) == 3
     assert "not_removed" not in r
     assert b.test_x is not None and emulate(b, b.test_x[:8]).shape == (8, 10)
+
+
+class CatNet(nn.Module):
+    """Two branches concatenated (producers ungated), a functional hardtanh, a max pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 3, 3, padding=1)
+        self.b = nn.Conv2d(1, 2, 1)
+        self.c = nn.Conv2d(5, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 3 * 3, 3)
+
+    def forward(self, x):
+        h = torch.cat([F.relu(self.a(x)), self.b(x)], 1)
+        h = F.max_pool2d(F.hardtanh(self.c(h)), 2)
+        return self.fc(h.view(h.size(0), -1))
+
+
+def test_concat_and_hardtanh_graph_is_exact():
+    x = torch.rand(64, 1, 6, 6)
+    y = x.flatten(1)[:, :3].argmax(1)
+    cfg = DJPQConfig(gate_init_logvar=-2.0)
+    m = djpq.convert(CatNet(), [1, 6, 6], cfg)
+    gated = [_plain(e.name) for e in djpq.layer_chain(m) if e.layer.gate is not None]
+    assert gated == ["c"]  # a and b feed the concatenation; c reaches fc through clip, quant, pool, flatten
+    _train(m, cfg, x, y, steps=8)
+    with torch.no_grad():
+        m.net.c.gate.raw_logvar[1] = 6.0
+    b = djpq.export_djpq(m, TaskInfo("r", "classification", "accuracy", [1, 6, 6], [3], 3), ModelRef("a:b", {}))
+    assert [n.op for n in b.graph].count("concat") == 1 and any(n.op == "clip" for n in b.graph)
+    assert b.qspec.extra["removed_channels"]["conv3"]["kept"] == [0, 2, 3]
+    m.eval()
+    with torch.no_grad():
+        assert np.array_equal(emulate(b, x.numpy()), m(x).double().numpy())

@@ -3,8 +3,10 @@ Blankevoort, ECCV 2020), down to the qsp bundle. See docs/djpq.md.
 
 * :class:`LearnedQuantizer`: learned step and range (Uhlich et al.), bitwidth derived;
 * :class:`VIBGate`: variational-information-bottleneck channel gates (Dai et al.);
-* :class:`DJPQLayer`: Linear/Conv2d with a gate per output channel and learned weight bits;
-* :func:`convert`, :class:`DJPQConfig`, :func:`param_groups`;
+* :class:`DJPQLayer`: Linear/Conv2d (depthwise/grouped too) with learned weight bits, a gate per
+  output channel where the graph allows one, and an optional folded BatchNorm;
+* :func:`convert` (any traceable model, via torch.fx), :class:`DJPQConfig`, :func:`param_groups`;
+  :mod:`qsp.djpq.graph`: the graph walk behind gating and BOPs (:func:`layer_chain`);
 * :func:`model_bops`, :class:`DJPQObjective`, :class:`BopsController`, :func:`bundle_bops`;
 * :func:`export_djpq` (bundle), :class:`RemovePrunedChannels` (graph transformation).
 """

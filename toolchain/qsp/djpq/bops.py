@@ -4,10 +4,12 @@ Per weight layer (DJPQ, Wang et al. 2020; Baalen et al.'s BOPs)::
 
     BOPs = MACs * b_w * b_a * r_in * r_out
 
-``MACs`` are the dense layer's multiply-accumulates for one input, ``b_w`` its weight bits,
-``b_a`` the bits of the activation quantizer feeding it, ``r_in`` the kept ratio of its
-input channels (the previous gated layer's outputs; 1 for the model input) and ``r_out``
-that of its own output channels (1 for an ungated layer). The FP32 dense baseline is
+``MACs`` are the dense layer's multiply-accumulates for one input (grouped convs: their
+real ones), ``b_w`` its weight bits, ``b_a`` the bits of the activation quantizer whose
+value it reads (found on the traced graph, :mod:`qsp.djpq.graph`; 32 if none), ``r_in`` the
+kept ratio of its input channels (only when they are the outputs of a gated layer linked to
+it alone; 1 after the model input, a join or a fan-out) and ``r_out`` that of its own output
+channels (1 for an ungated layer). The FP32 dense baseline is
 ``sum MACs * 32 * 32``.
 
 In training (``hard=False``) bits are Uhlich's continuous bitwidths and ratios the mean
