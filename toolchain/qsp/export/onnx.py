@@ -203,13 +203,23 @@ def _handler(op: str):
     return deco
 
 
+_QDQ_PROPAGATED = {"MaxPool", "Concat"}
+
+
 @_handler("quantize")
 def _quant(b: _Builder, st: Step, x: _T, bundle: Bundle) -> _T:
     fmt = st.params["format"]
     _check_frac(st, fmt.frac)
     out = st.out_info
     dt = _storage(fmt.bits, fmt.signed)
-    if fmt.rounding == "convergent" and fmt.bits <= 16 and not x.double:
+    prod = next((n.op_type for n in reversed(b.nodes) if x.name in n.output), None)
+    # onnxruntime's QDQ propagation moves a QuantizeLinear up across these ops and then
+    # rejects the model when the DequantizeLinear before them has the other signedness
+    # (INT8 vs UINT8 zero point): the exact chain there
+    from ..bundle.schema import consumers
+    readers = {n.op for n in consumers(bundle.graph).get(st.node.name, [])}
+    if fmt.rounding == "convergent" and fmt.bits <= 16 and not x.double and prod not in _QDQ_PROPAGATED \
+            and not readers & {"maxpool2d", "concat"}:
         y = x.name
         if fmt.bits < _storage_bits(dt):
             y = b.op("Clip", [y, b.scalar(fmt.min, False, "lo"), b.scalar(fmt.max, False, "hi")], "clip")

@@ -79,7 +79,8 @@ def where(node: fx.Node) -> str:
     fn = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
     line = ""
     st = node.meta.get("stack_trace") or ""
-    lines = [s.strip() for s in st.strip().splitlines() if s.strip().startswith("File ")]
+    lines = [s.strip() for s in st.strip().splitlines() if s.strip().startswith("File ")
+             and "/torch/" not in s and "/qsp/" not in s]  # the user's own frames
     if lines:
         line = " at " + lines[-1].replace("File ", "")
     return f"call {fn}(){line}"

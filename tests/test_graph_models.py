@@ -1,0 +1,272 @@
+"""Real networks through every stage: torch.fx capture, BatchNorm folding, residual adds,
+concatenation, depthwise convolutions; the schema-2 bundle; the check before training;
+compile + three-way verification (io_parallel and io_stream) with a fault test per new op."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import qsp
+from qsp.bundle import Bundle, ModelRef, TaskInfo
+from qsp.bundle.export import check_model, make_bundle
+from qsp.errors import BundleError, UnsupportedLayerError, VerificationError
+from qsp.fixedpoint import FixedFormat
+from qsp.train.cli import main as train_main
+from qsp.train.models import ds_cnn, mobilenet_v2_tiny, resnet8
+from qsp.verify.emulate import emulate
+
+from .graphs_dag import dag_bundle
+
+QUIET = ["--no-progress", "--float-baseline", "false"]
+TINY = {"resnet8": (resnet8, dict(in_channels=1, channels=(4, 8, 8))),
+        "mobilenet_v2_tiny": (mobilenet_v2_tiny, dict(channels=(4, 8, 8), stem=4, head=8)),
+        "ds_cnn": (ds_cnn, dict(channels=(4, 4, 4)))}
+
+
+def _train(q, steps=30, shape=(1, 8, 8), seed=0):
+    torch.manual_seed(seed)
+    opt = torch.optim.SGD(q.parameters(), lr=0.02)
+    for _ in range(steps):
+        x = torch.randn((8,) + shape)
+        loss = q(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return q.eval()
+
+
+def _bundle(q, shape=(1, 8, 8), n=16, seed=1):
+    x = torch.randn((n,) + shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        out = list(q(x[:1]).shape[1:])
+    task = TaskInfo("t", "regression", "mse", list(shape), out)
+    return make_bundle(q, task, ModelRef("tests.user_models:user_net"), x.numpy(), np.zeros(n)), x
+
+
+# ----------------------------------------------------------------------------- capture + training
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_reference_model_bundle_equals_trained_model(name):
+    """Folded BatchNorm, adds, depthwise convs: the bundle's exact emulation is the eval-mode
+    model, bit for bit (the folded, quantized weights are the ones trained)."""
+    fn, kw = TINY[name]
+    torch.manual_seed(0)
+    q = _train(qsp.convert(fn(**kw), qsp.Plan(total_steps=30)))
+    b, x = _bundle(q)
+    with torch.no_grad():
+        ref = q(x).double().numpy()
+    assert np.array_equal(emulate(b, x.numpy()), ref)
+    ops = [n.op for n in b.graph]
+    assert "batchnorm" not in ops and all(n.op != "scale_shift" for n in b.graph)  # every BN folded
+    if name != "ds_cnn":
+        assert ops.count("add") == 3
+    if name != "resnet8":
+        assert any(n.op == "conv2d" and n.groups > 1 and n.depthwise for n in b.graph)
+    assert any("folded BatchNorm2d" in n.source for n in b.graph)
+
+
+def test_bn_fold_aware_training_phases():
+    """Before the weight quantizer is on: batch statistics, running ones updated; after:
+    the folded weights with frozen running statistics, train forward == eval forward."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 64, 2))
+    q = qsp.convert(m, qsp.Plan(total_steps=20, weight_sparsity=0, act_sparsity=0))
+    ql = q.net[0]
+    assert isinstance(ql, qsp.QLayer) and ql.bn is not None and isinstance(m[1], nn.Identity)
+    rm0 = ql.bn.running_mean.clone()
+    q.train()
+    q(torch.randn(8, 1, 8, 8))
+    assert not ql.bn_frozen and not torch.equal(rm0, ql.bn.running_mean)  # batch stats used, EMA updated
+    _train(q.train(), steps=25)
+    assert ql.bn_frozen
+    rm = ql.bn.running_mean.clone()
+    x = torch.randn(4, 1, 8, 8)
+    q.train()
+    with torch.no_grad():
+        yt = q(x)
+    q.eval()
+    with torch.no_grad():
+        ye = q(x)
+    assert torch.equal(rm, ql.bn.running_mean) and torch.equal(yt, ye)
+    w, b = ql.effective()
+    assert ql.quantizer.formats()[0].contains(w.double().numpy())
+
+
+def test_functional_activations_get_what_modules_get():
+    """F.relu / torch.relu become modules with a pruner and a quantizer, like nn.ReLU."""
+    from tests.user_models import UserNet
+
+    q = qsp.convert(UserNet(), qsp.Plan(total_steps=30))
+    net = q.net
+    assert isinstance(net, torch.fx.GraphModule)
+    acts = {k: v for k, v in net.named_children() if isinstance(v, nn.Sequential) and "act" in v._modules}
+    assert len(acts) == 3 and all(isinstance(v.act, nn.ReLU) for v in acts.values())
+    assert all(isinstance(v.prune, qsp.nn.ActivationPruner) and isinstance(v.quant, qsp.nn.Quantizer)
+               for v in acts.values())
+
+
+def test_unsupported_op_reported_before_training(tmp_path):
+    """GELU is refused within seconds, naming the source line, listing ops in user terms;
+    nothing is trained or written."""
+    t0 = time.perf_counter()
+    q = qsp.convert(__import__("tests.user_models", fromlist=["x"]).gelu_net(), qsp.Plan(total_steps=10))
+    with pytest.raises(UnsupportedLayerError) as e:
+        check_model(q, [1, 8, 8])
+    msg = str(e.value)
+    assert "gelu" in msg and "user_models.py" in msg and "BatchNorm" in msg and "add (+" in msg
+    out = tmp_path / "run"
+    rc = train_main(["--model", "tests.user_models:gelu_net", "--epochs", "50", "--out", str(out), *QUIET])
+    assert rc == 1 and not (out / "checkpoints").exists()
+    assert time.perf_counter() - t0 < 30
+
+
+def test_trace_failure_is_a_clear_error():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+    with pytest.raises(UnsupportedLayerError, match="could not be traced by torch.fx"):
+        qsp.convert(Branchy())
+
+
+# ----------------------------------------------------------------------------- the user's module, CLI
+@pytest.fixture(scope="module")
+def user_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("user") / "run"
+    rc = train_main(["--model", "tests.user_models:user_net", "--epochs", "3", "--out", str(out), *QUIET])
+    assert rc == 0
+    return out
+
+
+def test_user_module_cli_bundle(user_run):
+    b = Bundle.read(user_run)
+    ops = [n.op for n in b.graph]
+    assert ops.count("add") == 1 and ops.count("concat") == 1 and ops.count("conv2d") == 3
+    # activation pruning applied to the functional activations (three relus: masks on each)
+    masks = [n for n in b.graph if n.op == "mask"]
+    assert len(masks) >= 3 and all(n.sparsity > 0.3 for n in masks)
+    assert {n.source for n in masks} >= {"relu", "relu_1", "relu_2"} or len(masks) >= 3
+    m = json.loads((user_run / "metrics.json").read_text())
+    assert m["act_sparsity_masked_points"] > 0.3
+    add = next(n for n in b.graph if n.op == "add")
+    assert len(add.inputs) == 2
+
+
+def test_user_module_compiles_bit_exact(user_run, tmp_path):
+    from qsp.boards import get_board
+    from qsp.compile.hls4ml_project import CompileOptions
+    from qsp.compile.pipeline import compile_bundle
+
+    board = get_board("pynq-z2")
+    res = compile_bundle(user_run / "bundle", tmp_path / "hls", CompileOptions(board=board, part=board.part),
+                         max_inputs=48)
+    assert res.report.mismatches == 0 and len(res.report.paths) == 3
+    assert all(p.ran and p.outputs_compared == 48 * 10 for p in res.report.paths)
+
+
+# ----------------------------------------------------------------------------- schema
+def test_schema_1_bundle_loads_and_unknown_version_says_how(tmp_path):
+    from tests.graphs import wide_bundle
+
+    b, x = wide_bundle()
+    p = b.write(tmp_path / "b")
+    spec = json.loads((p / "qspec.json").read_text())
+    v1 = {**spec, "schema_version": 1, "graph": [{k: v for k, v in n.items() if k != "inputs"} for n in spec["graph"]]}
+    (p / "qspec.json").write_text(json.dumps(v1))
+    b1 = Bundle.read(p)  # a sequential schema-1 bundle: each node reads the one before
+    assert b1.qspec.schema_version == 2
+    assert [n.inputs for n in b1.graph] == [["input"]] + [[n.name] for n in b1.graph[:-1]]
+    assert np.array_equal(emulate(b1, x), emulate(b, x))
+    (p / "qspec.json").write_text(json.dumps({**spec, "schema_version": 3}))
+    with pytest.raises(BundleError, match="re-export"):
+        Bundle.read(p)
+
+
+def test_graph_errors_name_the_node():
+    b, _ = dag_bundle()
+    spec = b.qspec.to_dict()
+    spec["graph"][6]["inputs"] = ["quant1", "nowhere"]
+    with pytest.raises(BundleError, match="'nowhere' is not an earlier node"):
+        type(b.qspec).from_dict(spec)
+    spec = b.qspec.to_dict()
+    spec["graph"][6]["inputs"] = ["quant1"]
+    with pytest.raises(BundleError, match="takes two or more inputs"):
+        type(b.qspec).from_dict(spec)
+
+
+# ----------------------------------------------------------------------------- emulator, by hand
+def _tiny(nodes, weights):
+    from tests.graphs import make
+    return make(nodes, weights)
+
+
+def test_emulator_new_ops_by_hand():
+    from qsp.bundle import AddNode, ClipNode, ConcatNode, ScaleShiftNode
+    from tests.graphs import conv, quant
+
+    s = [2, 1, 2]
+    q0 = quant("input_quant", s, 8, 2)  # step 1/4
+    q1 = quant("q1", s, 8, 1, True)  # step 1/2 (rounds half to even)
+    q1.inputs = ["input_quant"]
+    add = AddNode(name="add1", in_shape=s, out_shape=s, inputs=["input_quant", "q1"])
+    cat = ConcatNode(name="cat1", in_shape=s, out_shape=[4, 1, 2], inputs=["add1", "q1"])
+    clip = ClipNode(name="clip1", in_shape=[4, 1, 2], out_shape=[4, 1, 2], lo=0.0, hi=1.5)
+    ss = ScaleShiftNode(name="ss1", in_shape=[4, 1, 2], out_shape=[4, 1, 2], channels=4,
+                        weight=FixedFormat(8, 2), bias=FixedFormat(8, 2))
+    dw = conv("dw", [4, 1, 2], 4, 1, 8, 0)
+    dw.groups = 4
+    w = {"ss1.weight": np.array([1, 0.5, -1, 2.0]), "ss1.bias": np.array([0, 0.25, 1, -0.5]),
+         "dw.weight": np.array([1, 2, 3, -1.0]).reshape(4, 1, 1, 1)}
+    clip.inputs, ss.inputs, dw.inputs = ["cat1"], ["clip1"], ["ss1"]
+    b = _tiny([q0, q1, add, cat, clip, ss, dw], w)
+    x = np.array([[[[0.75, -0.25]], [[1.25, 0.5]]]])
+    t = emulate(b, x, trace=True)
+    assert t["q1"].tolist() == [[[[1.0, -0.0]], [[1.0, 0.5]]]]  # 0.75 -> 1.0 (half-even at 1/2: 1.5/2)
+    assert t["add1"].tolist() == [[[[1.75, -0.25]], [[2.25, 1.0]]]]
+    assert t["cat1"][0, :, 0].tolist() == [[1.75, -0.25], [2.25, 1.0], [1.0, 0.0], [1.0, 0.5]]
+    assert t["clip1"][0, :, 0].tolist() == [[1.5, 0.0], [1.5, 1.0], [1.0, 0.0], [1.0, 0.5]]
+    assert t["ss1"][0, :, 0].tolist() == [[1.5, 0.0], [1.0, 0.75], [0.0, 1.0], [1.5, 0.5]]
+    assert t["dw"][0, :, 0].tolist() == [[1.5, 0.0], [2.0, 1.5], [0.0, 3.0], [-1.5, -0.5]]
+
+
+# ----------------------------------------------------------------------------- compile the DAG
+@pytest.mark.parametrize("io_type", ["io_parallel", "io_stream"])
+def test_dag_compiles_bit_exact(io_type, tmp_path):
+    from qsp.compile.hls4ml_project import CompileOptions
+    from qsp.compile.pipeline import compile_bundle
+
+    b, x = dag_bundle()
+    b.test_x, b.test_y = x, None
+    res = compile_bundle(b, tmp_path, CompileOptions(io_type=io_type))
+    assert res.report.mismatches == 0 and all(p.ran for p in res.report.paths) and len(res.report.paths) == 3
+    classes = {lp.name: (lp.hls_class or lp.op) for lp in res.plan.layers}
+    assert classes["dwconv"] == "DepthwiseConv2D" and classes["gconv"] == "QspGroupedConv2d"
+    assert {"add1", "concat1", "clip1", "ss1", "gap"} <= set(classes)
+
+
+@pytest.mark.parametrize("layer", ["add1", "concat1", "dwconv", "clip1", "ss1"])
+def test_one_lsb_in_a_new_op_is_caught(layer, tmp_path):
+    """The smallest fault in one new op's HLS output (its result type one fraction bit
+    coarser) fails verification and the report names that layer first."""
+    from qsp.compile.hls4ml_project import CompileOptions
+    from qsp.compile.pipeline import compile_bundle, prepare
+
+    b, x = dag_bundle()
+    b.test_x, b.test_y = x, None
+    plan = prepare(b)[3]
+    f = plan.by_name()[layer].result
+    coarse = FixedFormat(f.bits - 1, f.frac - 1, f.signed, "floor" if f.rounding == "floor" else f.rounding)
+    typ = coarse.ap_type() if plan.by_name()[layer].result_rounds else coarse.ap_type_plain()
+    with pytest.raises(VerificationError):
+        compile_bundle(b, tmp_path, CompileOptions(), result_overrides={layer: typ})
+    rep = json.loads((tmp_path / "verify.json").read_text())
+    assert rep["first_diverging_layer"] == layer
