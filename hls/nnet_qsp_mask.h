@@ -5,7 +5,8 @@
 // the result is bit-exact with qsp's fixed-point semantics (qsp/fixedpoint.py).
 // Layout: flat channels-last (H, W, C) order, the layout hls4ml uses after its
 // channels-last conversion. Array overloads serve io_parallel; hls::stream overloads serve
-// io_stream (one stream word = one pixel's channels).
+// io_stream (one stream word = one pixel's channels; right after a Flatten the word sizes
+// differ, see the io_stream section).
 #ifndef NNET_QSP_MASK_H_
 #define NNET_QSP_MASK_H_
 
@@ -50,42 +51,79 @@ RequantLoop:
 }
 
 // ---------------------------------------------------------------- io_stream
+// Usually one stream word = one pixel's channels on both sides. After a Flatten, hls4ml
+// leaves the input stream as it was (InplaceStreamFlatten: e.g. 1 value a word after the
+// channels-last transpose) while this layer's output is packed by its own (flat) shape, so
+// the input and output word sizes may differ: the general path walks the elements (as in
+// nnet_qsp_elementwise.h); element i of the flat order is mask[i] in both paths.
 template <class data_T, class res_T, typename CONFIG_T>
 void qsp_mask(hls::stream<data_T> &data, hls::stream<res_T> &res,
               const typename CONFIG_T::mask_t mask[CONFIG_T::n_in]) {
-MaskPixels:
-    for (unsigned p = 0; p < CONFIG_T::n_in / data_T::size; p++) {
-        #pragma HLS PIPELINE
-        data_T in = data.read();
-        res_T out;
-        PRAGMA_DATA_PACK(out)
-    MaskChannels:
-        for (unsigned j = 0; j < data_T::size; j++) {
-            #pragma HLS UNROLL
-            if (mask[p * data_T::size + j] != 0) {
-                out[j] = (typename res_T::value_type)in[j];
-            } else {
-                out[j] = 0;
+    if (data_T::size == res_T::size) {
+    MaskPixels:
+        for (unsigned p = 0; p < CONFIG_T::n_in / data_T::size; p++) {
+            #pragma HLS PIPELINE
+            data_T in = data.read();
+            res_T out;
+            PRAGMA_DATA_PACK(out)
+        MaskChannels:
+            for (unsigned j = 0; j < data_T::size; j++) {
+                #pragma HLS UNROLL
+                if (mask[p * data_T::size + j] != 0) {
+                    out[j] = (typename res_T::value_type)in[j];
+                } else {
+                    out[j] = 0;
+                }
             }
+            res.write(out);
         }
-        res.write(out);
+    } else {
+        data_T in;
+        res_T out;
+    MaskElements:
+        for (unsigned i = 0; i < CONFIG_T::n_in; i++) {
+            #pragma HLS PIPELINE
+            if (i % data_T::size == 0)
+                in = data.read();
+            if (mask[i] != 0) {
+                out[i % res_T::size] = (typename res_T::value_type)in[i % data_T::size];
+            } else {
+                out[i % res_T::size] = 0;
+            }
+            if (i % res_T::size == res_T::size - 1)
+                res.write(out);
+        }
     }
 }
 
 template <class data_T, class res_T, typename CONFIG_T>
 void qsp_requant(hls::stream<data_T> &data, hls::stream<res_T> &res) {
-RequantPixels:
-    for (unsigned p = 0; p < CONFIG_T::n_in / data_T::size; p++) {
-        #pragma HLS PIPELINE
-        data_T in = data.read();
-        res_T out;
-        PRAGMA_DATA_PACK(out)
-    RequantChannels:
-        for (unsigned j = 0; j < data_T::size; j++) {
-            #pragma HLS UNROLL
-            out[j] = (typename res_T::value_type)in[j];
+    if (data_T::size == res_T::size) {
+    RequantPixels:
+        for (unsigned p = 0; p < CONFIG_T::n_in / data_T::size; p++) {
+            #pragma HLS PIPELINE
+            data_T in = data.read();
+            res_T out;
+            PRAGMA_DATA_PACK(out)
+        RequantChannels:
+            for (unsigned j = 0; j < data_T::size; j++) {
+                #pragma HLS UNROLL
+                out[j] = (typename res_T::value_type)in[j];
+            }
+            res.write(out);
         }
-        res.write(out);
+    } else {
+        data_T in;
+        res_T out;
+    RequantElements:
+        for (unsigned i = 0; i < CONFIG_T::n_in; i++) {
+            #pragma HLS PIPELINE
+            if (i % data_T::size == 0)
+                in = data.read();
+            out[i % res_T::size] = (typename res_T::value_type)in[i % data_T::size];
+            if (i % res_T::size == res_T::size - 1)
+                res.write(out);
+        }
     }
 }
 
