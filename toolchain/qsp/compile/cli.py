@@ -40,7 +40,7 @@ def _log(msg: str) -> None:
 
 def run(a) -> int:
     from ..boards import get_board
-    from . import transforms
+    from ..bundle import transforms
     from .hls4ml_project import CompileOptions, plan_strategies
     from .pipeline import compile_bundle, prepare
 
@@ -85,7 +85,7 @@ def run(a) -> int:
 def _estimate_summary(bundle, board, res) -> None:
     """The estimator's summary for the board, when qsp.estimate provides one."""
     try:
-        from ..estimate import summary_for_board
+        from ..estimate import summary_for_board  # the CLI's report; see hls4ml_project's docstring
     except ImportError:
         return
     try:

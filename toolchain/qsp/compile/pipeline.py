@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle import transforms
 from ..bundle.io import Bundle
 from ..errors import BundleError, VerificationError
-from . import csim, transforms
+from . import csim
 from .hls4ml_project import CompileOptions, clean_dir, convert, hls_config, plan_strategies, yaml_config
 from .precision import PrecisionPlan, derive
 from .verify import VerifyReport, compare, layer_report, task_metric, to_hls_layout

@@ -1,0 +1,143 @@
+"""Exact graph transformations of a bundle: bundle -> bundle, numpy and the bundle only.
+
+qsp-compile applies them before the bundle goes to hls4ml, and qsp-estimate applies the
+same ones to describe the graph qsp-compile builds (its "hardware graph"); they live in
+the bundle package so that neither stage imports the other for them.
+
+Each is a :class:`Transformation` with ``apply(bundle) -> Bundle`` (a new bundle; the
+input is left untouched) and a log of what it changed; :func:`run` composes named steps.
+Every one keeps the graph's final outputs bit-identical (verification checks that too):
+
+``fold_masks``
+    an activation mask that zeros whole Dense input features or whole conv channels is
+    folded into the weights on both sides: the producer's rows and biases of those units are
+    zeroed (its output there becomes 0, which relu / quantize / masks / max-pooling keep 0)
+    and the consumer's weights reading them are zeroed. The mask keeps only its other zeros
+    (and goes away when none are left).
+``remove_dead``
+    a unit (feature / channel) between a producer and a consumer that is never read (all the
+    consumer's weights on it are zero) or is always 0 (the producer's row and bias are all
+    zero) is removed from both layers and from the masks in between.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .graph import WEIGHTED, consumer_cols, find_link, link_after, refresh_counts, remove_units
+from .io import Bundle
+from .schema import LinearNode, drop_nodes
+
+def _copy(bundle: Bundle) -> Bundle:
+    return Bundle(copy.deepcopy(bundle.qspec), {k: v.copy() for k, v in bundle.weights.items()},
+                  {k: v.copy() for k, v in bundle.masks.items()}, bundle.state_dict, bundle.test_x,
+                  bundle.test_y, bundle.path)
+
+
+@dataclass
+class Transformation:
+    name: str = ""
+    log: list[str] = field(default_factory=list)
+
+    def apply(self, bundle: Bundle) -> Bundle:
+        raise NotImplementedError
+
+
+class FoldMasks(Transformation):
+    def __init__(self):
+        super().__init__("fold_masks")
+
+    @staticmethod
+    def whole_units(m: np.ndarray) -> np.ndarray:
+        """Units (features of a 1-D mask, channels of a C x H x W mask) that are all zero."""
+        if m.ndim == 1:
+            return np.nonzero(m == 0)[0]
+        return np.nonzero(~m.reshape(m.shape[0], -1).any(axis=1))[0]
+
+    def apply(self, bundle: Bundle) -> Bundle:
+        b = _copy(bundle)
+        g = b.qspec.graph
+        drop = []
+        for i, n in enumerate(g):
+            if n.op != "mask":
+                continue
+            m = b.mask(n.name)
+            units = self.whole_units(m)
+            if units.size == 0:
+                continue
+            link = find_link(g, i)
+            if link.producer is None and link.consumer is None:
+                continue
+            if link.consumer is not None:
+                c = g[link.consumer]
+                w = b.weights[f"{c.name}.weight"]
+                w[:, consumer_cols(link, units)] = 0
+                refresh_counts(b, c)
+            if link.producer is not None:
+                p = g[link.producer]
+                b.weights[f"{p.name}.weight"][units] = 0
+                if f"{p.name}.bias" in b.weights:
+                    b.weights[f"{p.name}.bias"][units] = 0
+                refresh_counts(b, p)
+            m = m.copy()
+            m[units] = 1
+            self.log.append(f"{n.name}: {units.size} whole {'features' if m.ndim == 1 else 'channels'} folded into "
+                            + " and ".join(g[k].name for k in (link.producer, link.consumer) if k is not None))
+            if m.all():
+                drop.append(i)
+                del b.masks[f"{n.name}.mask"]
+                self.log.append(f"{n.name}: removed (no partial zeros left)")
+            else:
+                b.masks[f"{n.name}.mask"] = m
+                n.sparsity = float(np.mean(m == 0))
+        b.qspec.graph = drop_nodes(g, [g[i].name for i in drop])
+        return b.validate()
+
+
+class RemoveDead(Transformation):
+    def __init__(self):
+        super().__init__("remove_dead")
+
+    def apply(self, bundle: Bundle) -> Bundle:
+        b = _copy(bundle)
+        g = b.qspec.graph
+        for pi, p in enumerate(g):
+            if not isinstance(p, WEIGHTED) or pi + 1 >= len(g):
+                continue
+            link = link_after(g, pi)
+            if link.consumer is None:
+                continue
+            c = g[link.consumer]
+            wp, wc = b.weight(p.name), b.weight(c.name)
+            bp = b.bias(p.name)
+            units = wp.shape[0]
+            if isinstance(c, LinearNode):
+                unread = ~wc.reshape(wc.shape[0], units, -1).any(axis=(0, 2))
+            else:
+                unread = ~wc.any(axis=(0, 2, 3))
+            zero_out = ~wp.reshape(units, -1).any(axis=1) & (bp == 0 if bp is not None else True)
+            dead = np.nonzero(unread | zero_out)[0]
+            if dead.size == 0:
+                continue
+            if dead.size == units:
+                dead = dead[1:]  # keep one unit
+            keep = np.setdiff1d(np.arange(units), dead)
+            remove_units(b, g, pi, link, keep)
+            self.log.append(f"{p.name} -> {c.name}: removed {dead.size} of {units} dead "
+                            f"{'features' if isinstance(p, LinearNode) else 'channels'}")
+        return b.validate()
+
+STEPS = {"fold_masks": FoldMasks, "remove_dead": RemoveDead}
+DEFAULT_STEPS = ("fold_masks", "remove_dead")
+
+
+def run(bundle: Bundle, steps=DEFAULT_STEPS) -> tuple[Bundle, list[str]]:
+    """Apply the named steps in order; return the new bundle and the log."""
+    log: list[str] = []
+    for s in steps:
+        t = STEPS[s]()
+        bundle = t.apply(bundle)
+        log += [f"{s}: {m}" for m in t.log]
+    return bundle, log
