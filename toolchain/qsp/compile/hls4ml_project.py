@@ -1,45 +1,43 @@
 """Deploy model + precision plan -> hls4ml project (config, convert, write, compile).
 
-Strategy per Dense/Conv layer, by ``--strategy`` or automatically (``auto``), first by a
-fixed rule (:func:`rule_strategies`):
-
-* ``distributed_arithmetic`` when ``da4ml`` is importable (weights become a shift-add graph;
-  a pruned weight costs nothing; bit-exact);
-* otherwise a Dense layer with at least ``SPARSE_RU`` of its weights pruned, in io_parallel,
-  gets ``resource_unrolled`` (one multiplier per nonzero weight only; needs ReuseFactor > 1,
-  so the smallest valid reuse factor >= 2 is taken);
-* every other layer: ``Latency`` (fully parallel), or ``Resource`` with the smallest valid
-  reuse factor that brings the layer's multipliers under the board's DSP count when the
-  board is known and the layer alone would exceed it.
+Strategy per Dense/Conv layer, by ``--strategy`` or automatically (``auto``), first by the
+fixed rule :func:`qsp.hardware.rule_strategies` (shared with the estimator, whose default
+plan it is; :func:`rule_strategies` here applies it to the bundle with the compile options):
+depthwise / grouped conv Latency; ``distributed_arithmetic`` when ``da4ml`` is importable;
+a Dense layer with at least ``qsp.hardware.SPARSE_RU`` of its weights pruned, in io_parallel and not on a
+board whose VivadoAccelerator project is written, ``resource_unrolled``; ``Resource`` when
+the layer's multipliers exceed the board's DSPs; else ``Latency``. Reuse factors always come
+from :func:`qsp.hardware.smallest_valid_reuse` (the values hls4ml accepts).
 
 Then, with a board, by its budget (:func:`plan_strategies`): the estimator
 (:func:`qsp.estimate.fit_plan`) checks the rule's plan on the graph as built; if it does not
 fit and the estimator has a plan that does, that plan is compiled; if none fits, the rule's
-plan is compiled with a warning. Reuse factors always come from
-:func:`qsp.estimate.smallest_valid_reuse` (the values hls4ml accepts).
+plan is compiled with a warning.
+
+Import order: compile imports from the shared base (:mod:`qsp.fixedpoint`, :mod:`qsp.bundle`,
+:mod:`qsp.hardware`, :mod:`qsp.boards`) and, as its one exception, from the estimator:
+:func:`plan_strategies` imports :func:`qsp.estimate.fit_plan` lazily (and ``cli`` prints
+:func:`qsp.estimate.summary_for_board`). That is a genuine use of a later stage's model,
+not a shared rule: choosing a plan by the board's budget needs the estimator's resource
+model (LUT/FF/DSP/BRAM per layer and strategy) and its candidate plans, which are the
+estimator's, not the compiler's; moving them below compile would move the estimator.
+The estimator imports nothing of compile.
 """
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
+from .. import hardware
 from ..errors import ConfigError
+from ..hardware import SPARSE_RU, LayerStrategy, da4ml_available  # noqa: F401 - re-exported
 from .precision import PrecisionPlan
 
-STRATEGIES = ("auto", "Latency", "Resource", "resource_unrolled", "distributed_arithmetic")
+STRATEGIES = ("auto",) + hardware.STRATEGIES
 BACKENDS = ("Vitis", "Vivado")
 IO_TYPES = ("io_parallel", "io_stream")
-#: weight sparsity from which a Dense layer is given resource_unrolled (auto)
-SPARSE_RU = 0.5
 INPUT_NAME = "input_1"
-
-
-def da4ml_available() -> bool:
-    return importlib.util.find_spec("da4ml") is not None
 
 
 @dataclass
@@ -88,72 +86,21 @@ class CompileOptions:
     def accelerator(self) -> bool:
         """Whether the board's VivadoAccelerator project is written too (its backend
         cannot build resource_unrolled in hls4ml 1.3.0)."""
-        return self.board is not None and bool(getattr(self.board, "hls4ml_board", None))
-
-
-@dataclass
-class LayerStrategy:
-    strategy: str
-    reuse_factor: int = 1
-    why: str = ""
+        return hardware.accelerator(self.board)
 
 
 def _valid_reuse(n_in: int, n_out: int, start: int, strategy: str, op: str, io_type: str) -> int:
-    """Smallest reuse factor >= start that hls4ml accepts for this kernel and strategy (the
-    estimator's rule, :func:`qsp.estimate.smallest_valid_reuse`)."""
-    from ..estimate.resources import smallest_valid_reuse
-
-    return smallest_valid_reuse(n_in, n_out, max(1, start), strategy, op, io_type)
-
-
-def _kernel_size(bundle, lp) -> tuple[int, int]:
-    n = next(n for n in bundle.graph if n.name == lp.name)
-    if lp.op == "linear":
-        return n.in_features, n.out_features
-    w = bundle.weight(n.name)
-    return int(np.prod(w.shape[1:])), n.out_channels
+    """Smallest reuse factor >= start that hls4ml accepts for this kernel and strategy
+    (:func:`qsp.hardware.smallest_valid_reuse`)."""
+    return hardware.smallest_valid_reuse(n_in, n_out, max(1, start), strategy, op, io_type)
 
 
 def rule_strategies(bundle, plan: PrecisionPlan, opts: CompileOptions) -> dict[str, LayerStrategy]:
     """The fixed per-layer rule (``--strategy auto``, before the board check) or the forced
-    ``--strategy``."""
-    out: dict[str, LayerStrategy] = {}
-    for lp in plan.layers:
-        if lp.op not in ("linear", "conv2d"):
-            continue
-        w = bundle.weight(lp.name)
-        if lp.op == "conv2d" and next(n for n in bundle.graph if n.name == lp.name).groups > 1:
-            out[lp.name] = LayerStrategy("Latency", 1, "depthwise/grouped conv: built with Latency")
-            continue
-        n_in, n_out = _kernel_size(bundle, lp)
-        mults = int(np.count_nonzero(w))
-        sparsity = 1.0 - mults / max(w.size, 1)
-
-        def rf(strategy: str, at_least: int, op=lp.op, n_in=n_in, n_out=n_out) -> int:
-            return _valid_reuse(n_in, n_out, at_least, strategy, op, opts.io_type)
-
-        s = opts.strategy
-        if s == "auto":
-            if da4ml_available():
-                out[lp.name] = LayerStrategy("distributed_arithmetic", 1, "da4ml available: shift-add, zeros free")
-            elif lp.op == "linear" and opts.io_type == "io_parallel" and sparsity >= SPARSE_RU and not opts.accelerator:
-                out[lp.name] = LayerStrategy("resource_unrolled", rf("resource_unrolled", 2),
-                                             f"{sparsity:.0%} pruned: multipliers only for nonzero weights")
-            elif opts.dsp_budget is not None and mults > opts.dsp_budget:
-                out[lp.name] = LayerStrategy("Resource", rf("Resource", -(-mults // opts.dsp_budget)),
-                                             f"{mults} multipliers > {opts.dsp_budget} DSPs")
-            else:
-                out[lp.name] = LayerStrategy("Latency", 1, "fully parallel")
-        elif s == "resource_unrolled":
-            if lp.op != "linear":
-                out[lp.name] = LayerStrategy("Latency", 1, "resource_unrolled is Dense-only in hls4ml")
-            else:
-                out[lp.name] = LayerStrategy(s, rf(s, 2), "--strategy")
-        elif s == "Resource":
-            out[lp.name] = LayerStrategy(s, rf(s, 2), "--strategy")
-        else:
-            out[lp.name] = LayerStrategy(s, 1, "--strategy")
-    return out
+    ``--strategy``: :func:`qsp.hardware.rule_strategies` on ``plan``'s Dense/Conv layers of
+    ``bundle`` with ``opts``' board, io type, strategy and DSP budget."""
+    facts = hardware.layer_facts(bundle, [lp.name for lp in plan.layers])
+    return hardware.rule_strategies(facts, opts.board, opts.io_type, opts.strategy, opts.dsp_budget)
 
 
 @dataclass
@@ -180,9 +127,9 @@ class StrategyPlan:
 
 def buildable_strategies(opts: CompileOptions | None = None) -> tuple[str, ...]:
     """The strategies qsp-compile can build here (distributed_arithmetic only with da4ml;
-    no resource_unrolled where the board's VivadoAccelerator project is written)."""
-    return tuple(s for s in STRATEGIES if s != "auto" and (s != "distributed_arithmetic" or da4ml_available())
-                 and not (s == "resource_unrolled" and opts is not None and opts.accelerator))
+    no resource_unrolled where the board's VivadoAccelerator project is written):
+    :func:`qsp.hardware.buildable_strategies`."""
+    return hardware.buildable_strategies(opts.board if opts is not None else None)
 
 
 def _usage(be, plan) -> tuple[str, float]:

@@ -7,7 +7,7 @@ short text the compiler prints.
 Two graphs: the paper-defined numbers (footprint, BOPs, MACs, sparsity, per-layer table,
 float32 baseline) describe the bundle as trained; the board-facing ones (resources,
 latency/II, fit verdicts) describe the *hardware graph*, the one qsp-compile builds: the
-bundle after :func:`qsp.compile.transforms.run` with its default steps (masks covering whole
+bundle after :func:`qsp.bundle.transforms.run` with qsp-compile's default steps (masks covering whole
 features/channels folded into the weights, dead features/channels removed).
 ``as_trained=True`` estimates the untransformed graph instead.
 
@@ -18,13 +18,12 @@ Layers qsp builds only fully parallel (depthwise / grouped conv, scale_shift) ge
 ``Latency`` with reuse factor 1 in every plan the estimator models or proposes
 (:func:`~qsp.estimate.resources.buildable`).
 
-Note: this module imports :mod:`qsp.compile.transforms` (numpy and the bundle only) to
-build the hardware graph; moving those transformations next to :mod:`qsp.bundle.graph`
-would let estimate and compile not import each other.
+The default plan is qsp-compile's fixed rule, :func:`qsp.hardware.rule_strategies` (one
+function both stages import from the shared base). The estimator imports nothing of
+:mod:`qsp.compile`: the hardware graph's transformations are :mod:`qsp.bundle.transforms`.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
@@ -32,17 +31,16 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from ..boards import Board, all_boards, get_board
+from ..bundle import transforms
 from ..bundle.footprint import float_footprint, footprint
 from ..bundle.schema import GRAPH_INPUT
-from ..compile import transforms  # hls4ml-free: numpy and the bundle only
 from ..fixedpoint import ceil_log2
+from ..hardware import (SPARSE_RU, STRATEGIES, STRATEGY_OPS, LayerFacts, LayerStrategy,  # noqa: F401 - SPARSE_RU re-exported
+                        buildable_strategies, rule_strategies, smallest_valid_reuse)
 from . import energy as E
 from .counts import FLOAT_BITS, GraphCounts, NodeCounts, count_graph
-from .resources import (STRATEGIES, STRATEGY_OPS, LayerStrategy, Resources, buildable, critical_path, dsps_per_multiply,
-                        layer_resources, smallest_valid_reuse, valid_reuse_factors)
+from .resources import Resources, buildable, critical_path, layer_resources
 
-#: weight sparsity from which a Dense layer gets resource_unrolled by default (as qsp-compile's auto)
-SPARSE_RU = 0.5
 RESOURCE_KEYS = ("LUT", "FF", "DSP", "BRAM18")
 #: among alternative plans that fit, prefer those that leave this much room for routing
 ROUTABLE = 0.8
@@ -226,43 +224,27 @@ def board_strategies(board: Board | None) -> tuple[str, ...]:
     """The strategies qsp-compile can build for ``board``: no resource_unrolled on a board
     with an hls4ml VivadoAccelerator target (qsp-compile writes that project too, and hls4ml
     1.3.0's VivadoAccelerator backend rejects resource_unrolled); distributed_arithmetic is
-    listed (whether da4ml is installed is the caller's ``available``)."""
-    acc = board is not None and bool(getattr(board, "hls4ml_board", None))
-    return tuple(s for s in STRATEGIES if not (s == "resource_unrolled" and acc))
+    listed (whether da4ml is installed is the caller's ``available``). See
+    :func:`qsp.hardware.buildable_strategies`."""
+    return buildable_strategies(board, installed=False)
 
 
 def _strategy_nodes(counts: GraphCounts) -> list[NodeCounts]:
     return [n for n in counts.weight_nodes() if n.op in STRATEGY_OPS]
 
 
+def layer_facts(counts: GraphCounts) -> list[LayerFacts]:
+    """What the strategy rule reads of each Dense/Conv layer, from the counts."""
+    return [LayerFacts(n.name, n.op, n.weight.fan_in, n.weight.n_out, n.weight.weights, n.weight.nonzeros,
+                       n.weight.latency_only) for n in _strategy_nodes(counts)]
+
+
 def default_strategies(counts: GraphCounts, board: Board | None) -> dict[str, LayerStrategy]:
-    """What ``qsp-compile --strategy auto`` picks by its fixed rule
-    (:func:`qsp.compile.hls4ml_project.rule_strategies`, io_parallel), before its board
-    check: distributed_arithmetic when da4ml is importable; else resource_unrolled for a
-    Dense layer with >= 50 % of its weights pruned (not on a board with an hls4ml
-    VivadoAccelerator target: :func:`board_strategies`); Resource with the smallest reuse factor
-    that brings the layer's nonzero weights under the board's DSP count when they exceed it
-    (whether or not its multiplies would use DSPs: the compiler's rule); else Latency
-    (depthwise / grouped conv: Latency, reuse factor 1, always: the only way qsp builds
-    them). Keys: the layers that take a strategy (linear, conv2d; scale_shift has none and
-    is modelled fully parallel)."""
-    da = importlib.util.find_spec("da4ml") is not None
-    out = {}
-    for n in _strategy_nodes(counts):
-        w = n.weight
-        if w.latency_only:
-            out[n.name] = buildable(n, None)
-        elif da:
-            out[n.name] = LayerStrategy("distributed_arithmetic", 1, "da4ml available: shift-add, zeros free")
-        elif n.op == "linear" and w.sparsity >= SPARSE_RU and "resource_unrolled" in board_strategies(board):
-            out[n.name] = LayerStrategy("resource_unrolled", _smallest_reuse(n, 2, "resource_unrolled"),
-                                        f"{w.sparsity:.0%} pruned")
-        elif board is not None and w.nonzeros > board.dsp:
-            rf = _smallest_reuse(n, -(-w.nonzeros // board.dsp), "Resource")
-            out[n.name] = LayerStrategy("Resource", rf, f"{w.nonzeros} multipliers > {board.dsp} DSPs")
-        else:
-            out[n.name] = LayerStrategy("Latency", 1, "fully parallel")
-    return out
+    """What ``qsp-compile --strategy auto`` picks by its fixed rule before its board check
+    (io_parallel): :func:`qsp.hardware.rule_strategies`, the one rule both use. Keys: the
+    layers that take a strategy (linear, conv2d; scale_shift has none and is modelled fully
+    parallel)."""
+    return rule_strategies(layer_facts(counts), board)
 
 
 def make_plan(counts: GraphCounts, board: Board, strategies: Mapping, label: str) -> Plan:

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import hardware
 from ..bundle.footprint import point_mask
 from ..bundle.schema import (GRAPH_INPUT, AddNode, AvgPool2dNode, ClipNode, ConcatNode, Conv2dNode, FlattenNode,
                              LinearNode, MaskNode, MaxPool2dNode, PixelShuffleNode, QuantNode, ReluNode,
@@ -101,7 +102,7 @@ class WeightInfo:
     sparse_index_bits: int  # bits per index of a CSR-like encoding
     #: why only the Latency strategy (reuse factor 1) can be built for this layer; "" when
     #: every strategy can (depthwise/grouped conv, scale_shift: qsp's own layers / hls4ml's
-    #: DepthwiseConv2D, built fully parallel)
+    #: DepthwiseConv2D, built fully parallel): :func:`qsp.hardware.latency_only`
     latency_only: str = ""
 
     @property
@@ -238,11 +239,7 @@ def _conv(n: Conv2dNode, ins: list[_State], bundle) -> _Out:
             hit += np.einsum("goc,gchw->gohw", nzw[:, :, :, i, j], win.reshape(g, cg, ho, wo))
     macs = int((nzw * cnt.reshape(g, 1, cg, kh, kw)).sum())
     fan_in = cg * kh * kw
-    why = ""
-    if g > 1:
-        why = ("depthwise conv: hls4ml's DepthwiseConv2D, built with Latency" if n.depthwise else
-               "grouped conv: qsp's QspGroupedConv2d, built with Latency")
-    info = _common(n, w, b, st, co * ho * wo * fan_in, macs, fan_in, co, ho * wo, why)
+    info = _common(n, w, b, st, co * ho * wo * fan_in, macs, fan_in, co, ho * wo, hardware.latency_only(n))
     alive = hit.reshape(co, ho, wo) > 0
     if b is not None:
         alive |= (b != 0)[:, None, None]
@@ -259,8 +256,7 @@ def _scale_shift(n: ScaleShiftNode, ins: list[_State], bundle) -> _Out:
     positions = per_ch.shape[1]
     alive_in = per_ch.sum(axis=1)
     macs = int(alive_in[w.reshape(-1) != 0].sum())
-    info = _common(n, w.reshape(c, 1), b, st, c * positions, macs, 1, c, positions,
-                   "scale_shift: qsp's QspScaleShift, elementwise, fully parallel")
+    info = _common(n, w.reshape(c, 1), b, st, c * positions, macs, 1, c, positions, hardware.latency_only(n))
     shift_nz = np.zeros(c, bool) if b is None else (b.reshape(-1) != 0)
     alive = (per_ch & (w.reshape(-1) != 0)[:, None]) | shift_nz[:, None]
     return _Out(alive.reshape(st.alive.shape), info)

@@ -76,26 +76,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 
 from ..fixedpoint import ceil_log2
-from .counts import NodeCounts
+from ..hardware import (STRATEGIES, STRATEGY_OPS, LayerStrategy, smallest_valid_reuse,  # noqa: F401 - re-exported
+                        valid_reuse_factors)
 from ..registry import Registry
+from .counts import NodeCounts
 
 DSP_MIN_PRODUCT = 100  # b_w * b_a from which a multiply goes to a DSP (10 x 10)
 BRAM_MIN_DEPTH = 64
 BRAM_MIN_BITS = 1024
 ADDS_PER_STAGE = 4  # adder-tree levels per pipeline stage at ~100-200 MHz
-STRATEGIES = ("Latency", "Resource", "resource_unrolled", "distributed_arithmetic")
-
-
-@dataclass
-class LayerStrategy:
-    """A layer's hls4ml strategy (duck-compatible with the compiler's LayerStrategy)."""
-
-    strategy: str = "Latency"
-    reuse_factor: int = 1
-    why: str = ""
 
 
 @dataclass
@@ -119,41 +110,6 @@ class Resources:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def valid_reuse_factors(n_in: int, n_out: int, strategy: str | None = None, op: str = "linear",
-                        io_type: str = "io_parallel") -> list[int]:
-    """Reuse factors hls4ml 1.3.0 accepts for an ``n_in x n_out`` kernel: divisors R of
-    ``n_in * n_out`` with R dividing n_in (R <= n_in) or n_in dividing R; for
-    ``resource_unrolled`` not ``n_in * n_out`` itself (hls4ml drops it); for a ``conv2d`` in
-    io_parallel with ``Resource`` (or resource_unrolled, which hls4ml turns into Resource
-    there) only R <= n_in: hls4ml's conv_2d_resource_cl is correct only up to n_in (tried:
-    R = 27 on a 9 x 3 kernel changed 10,975 of 12,288 outputs)."""
-    rfs = list(_valid_reuse(int(n_in), int(n_out)))
-    if op == "conv2d" and io_type == "io_parallel" and strategy in ("Resource", "resource_unrolled"):
-        return [r for r in rfs if r <= n_in]
-    if strategy == "resource_unrolled" and len(rfs) > 1:
-        rfs.pop()
-    return rfs
-
-
-def smallest_valid_reuse(n_in: int, n_out: int, at_least: int, strategy: str | None = None, op: str = "linear",
-                         io_type: str = "io_parallel") -> int:
-    """The smallest reuse factor >= ``at_least`` that hls4ml accepts for this kernel and
-    strategy (:func:`valid_reuse_factors`), else the largest it accepts. The one rule used
-    by both the estimator and qsp-compile."""
-    rfs = valid_reuse_factors(n_in, n_out, strategy, op, io_type)
-    return next((r for r in rfs if r >= at_least), rfs[-1])
-
-
-@lru_cache(maxsize=256)
-def _valid_reuse(n_in: int, n_out: int) -> tuple[int, ...]:
-    total = n_in * n_out
-    divs = set()
-    for d in range(1, math.isqrt(total) + 1):
-        if total % d == 0:
-            divs.update((d, total // d))
-    return tuple(r for r in sorted(divs) if (r <= n_in and n_in % r == 0) or (r >= n_in and r % n_in == 0))
 
 
 def dsps_per_multiply(b_w: int, b_a: int, dsp_width: tuple[int, int]) -> int:
@@ -333,9 +289,6 @@ def _scale_shift_model(n: NodeCounts, st: LayerStrategy, dsp_width) -> Resources
 
 #: weight layers with their own model (Latency only): op -> model
 _OP_WEIGHT_MODELS = {"scale_shift": _scale_shift_model}
-#: ops whose hls4ml layer takes a Strategy / ReuseFactor (the keys of a strategy plan);
-#: scale_shift has none in qsp-compile's config (it is modelled as Latency regardless)
-STRATEGY_OPS = ("linear", "conv2d")
 
 
 def buildable(n: NodeCounts, st: LayerStrategy | None) -> LayerStrategy:
