@@ -44,7 +44,7 @@ class TrainConfig:
     # ---------------------------------------------------------------- what
     task: str = _f("digits", "dataset/task: digits, fashion-mnist, super-resolution, or custom "
                    "(your own .npz or IDX files via data_dir)")
-    model: str | None = _f(None, "model: mlp, lenet, espcn, or package.module:factory "
+    model: str | None = _f(None, "model: mlp, lenet, espcn, resnet8, mobilenet_v2_tiny, ds_cnn, or package.module:factory "
                            "(default: mlp for digits/custom, lenet for fashion-mnist, espcn for super-resolution)")
     model_kwargs: dict = _f({}, "keyword arguments for the model factory (YAML mapping; on the command "
                             "line a YAML/JSON string such as '{hidden: [32, 16]}')")
