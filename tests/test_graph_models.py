@@ -270,3 +270,22 @@ def test_one_lsb_in_a_new_op_is_caught(layer, tmp_path):
         compile_bundle(b, tmp_path, CompileOptions(), result_overrides={layer: typ})
     rep = json.loads((tmp_path / "verify.json").read_text())
     assert rep["first_diverging_layer"] == layer
+
+
+def test_global_mean_over_odd_window_compiles(tmp_path):
+    """x.mean((2, 3)) over a 3x3 map (9 cells, no power of two) -> avgpool + flatten, with
+    convert's quantizer after the flatten: the quantizer folds into the pooling's cast
+    through the flatten, and the design verifies bit-exactly."""
+    from qsp.compile.hls4ml_project import CompileOptions
+    from qsp.compile.pipeline import compile_bundle
+
+    fn, kw = TINY["mobilenet_v2_tiny"]
+    torch.manual_seed(0)
+    q = _train(qsp.convert(fn(**kw), qsp.Plan(total_steps=30)), shape=(1, 12, 12))
+    b, x = _bundle(q, shape=(1, 12, 12), n=24)
+    pool = next(n for n in b.graph if n.op == "avgpool2d")
+    assert pool.kernel_size == [3, 3]
+    res = compile_bundle(b, tmp_path, CompileOptions())
+    assert res.report.mismatches == 0 and all(p.ran for p in res.report.paths)
+    lp = res.plan.by_name()[pool.name]
+    assert lp.post is not None and lp.folded  # the quantizer behind the flatten folded here

@@ -345,6 +345,8 @@ def derive(bundle) -> PrecisionPlan:
         ins = [fmt[x] for x in n.inputs]
         p = posts.get(n.name)
         reader = cons[n.name][0] if len(cons[n.name]) == 1 else None
+        while reader is not None and reader.op in COMMUTING and len(cons[reader.name]) == 1:
+            reader = cons[reader.name][0]  # a quantize behind flatten/relu/... still folds here
         if p is None and n.op in CASTING and isinstance(reader, QuantNode) and posts.get(reader.name) is not None:
             # the quantize node that alone reads this casting layer folds into its cast
             p = posts[reader.name]
