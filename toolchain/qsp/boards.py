@@ -5,8 +5,8 @@ Where board files are looked for, first match of a name wins:
 1. directories passed as ``extra_dirs`` to :func:`get_board` / :func:`known_boards` /
    :func:`all_boards`;
 2. the directories in the ``QSP_BOARDS_DIR`` environment variable (``os.pathsep``-separated);
-3. the built-in boards: ``boards/`` at the repository root (source tree / editable install),
-   or ``<sys.prefix>/share/qsp/boards`` (an installed wheel; see pyproject's data-files).
+3. the built-in boards: ``qsp/_data/boards`` of an installed wheel, else ``boards/`` at the
+   repository root (source tree / editable install); :func:`qsp.resources.data_dir`.
 
 A user adds a board by dropping ``<name>.yaml`` into one of these directories. A file
 whose stem differs from its ``name`` field, a missing or ill-typed field, or inconsistent
@@ -15,7 +15,6 @@ block-RAM figures raise :class:`~qsp.errors.BoardError` naming the file and the 
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
@@ -23,6 +22,7 @@ from typing import Iterable
 import yaml
 
 from .errors import BoardError
+from .resources import data_dir
 
 ENV_VAR = "QSP_BOARDS_DIR"
 #: kbit of one 36 Kb block RAM; the data sheets' "Mb" are 1024 kbit
@@ -188,10 +188,8 @@ def load_board(path) -> Board:
 # ----------------------------------------------------------------------------- lookup
 def builtin_dirs() -> list[Path]:
     """Directories of the boards that ship with qsp (those that exist)."""
-    here = Path(__file__).resolve().parent
-    cands = [here.parent.parent / "boards",  # <repo>/toolchain/qsp/boards.py -> <repo>/boards
-             Path(sys.prefix) / "share" / "qsp" / "boards"]
-    return [c for c in cands if c.is_dir()]
+    d = data_dir("boards", required=False)
+    return [d] if d is not None else []
 
 
 def board_dirs(extra_dirs: Iterable | None = None) -> list[Path]:

@@ -18,9 +18,8 @@ from pathlib import Path
 from .boards import get_board
 from .errors import BoardError, BundleError, ConfigError
 from .fixedpoint import ROUNDING_MODES, FixedFormat
+from .resources import data_file  # the driver and README: installed wheel, else <repo>/deploy
 
-REPO = Path(__file__).resolve().parent.parent.parent
-DRIVER_DIR = REPO / "deploy" / "pynq"
 _AP = re.compile(r"ap_(u?)fixed<\s*(\d+)\s*,\s*(-?\d+)\s*(?:,\s*(\w+))?[^>]*>")
 _RND = {v: k for k, v in ROUNDING_MODES.items()}
 
@@ -85,13 +84,9 @@ def assemble(bundle, board: str, out_dir, project=None, interface: str | None = 
         f["interface"] = interface
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if not (DRIVER_DIR / "qsp_driver.py").exists():
-        raise ConfigError(f"driver sources not found under {DRIVER_DIR} (run from a qsp source checkout)")
-    shutil.copy2(DRIVER_DIR / "qsp_driver.py", out / "qsp_driver.py")
+    shutil.copy2(data_file("deploy", "pynq", "qsp_driver.py"), out / "qsp_driver.py")
     shutil.copy2(Path(__file__).with_name("fixedpoint.py"), out / "fixedpoint.py")
-    readme = REPO / "deploy" / "README.md"
-    if readme.exists():
-        shutil.copy2(readme, out / "README.md")
+    shutil.copy2(data_file("deploy", "README.md"), out / "README.md")
     spec = bundle.qspec
     in_shape = list(spec.graph[0].in_shape)
     meta = {

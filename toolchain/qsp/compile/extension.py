@@ -25,8 +25,6 @@ mask is handed to hls4ml already in the channels-last (H, W, C) order: ``mask_hl
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -38,8 +36,11 @@ from hls4ml.model.layers import Layer, register_layer
 from hls4ml.model.types import IntegerPrecisionType
 from hls4ml.utils.torch import HLS4MLModule
 
-#: the folder with our C++ headers (repository root / hls)
-HLS_DIR = Path(__file__).resolve().parents[3] / "hls"
+from ..resources import data_dir, data_file
+
+#: the folder with our C++ headers: qsp/_data/hls of an installed wheel, else <repo>/hls
+#: (qsp.resources; None when neither exists, and registering the layers then says so)
+HLS_DIR = data_dir("hls", required=False)
 BACKENDS = ("Vivado", "Vitis", "VivadoAccelerator")
 
 
@@ -473,5 +474,5 @@ def register() -> None:
             backend.register_template(_config_template(ir_cls, cfg))
             backend.register_template(_call_template(ir_cls, call, header, weights))
         for header in sorted({h for *_x, h, _w in _LAYERS}):
-            backend.register_source(HLS_DIR / header)
+            backend.register_source(data_file("hls", header))
     _registered = True
