@@ -289,3 +289,22 @@ def test_global_mean_over_odd_window_compiles(tmp_path):
     assert res.report.mismatches == 0 and all(p.ran for p in res.report.paths)
     lp = res.plan.by_name()[pool.name]
     assert lp.post is not None and lp.folded  # the quantizer behind the flatten folded here
+
+
+def test_standalone_batchnorm_becomes_scale_shift():
+    """A BatchNorm with no weight layer before it (here right after the input quantizer)
+    becomes a scale_shift node whose 16-bit scale and shift are on their grids; the
+    emulation follows the float BatchNorm up to that rounding."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.BatchNorm2d(1), nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 64, 2))
+    q = _train(qsp.convert(m, qsp.Plan(total_steps=30, weight_sparsity=0, act_sparsity=0)))
+    b, x = _bundle(q)
+    ss = [n for n in b.graph if n.op == "scale_shift"]
+    assert len(ss) == 1 and ss[0].inputs == ["input_quant"] and ss[0].weight.bits == 16
+    bn = q.net[0]
+    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().double().numpy()
+    assert np.allclose(b.weight(ss[0].name), scale, atol=2.0 ** -ss[0].weight.frac)
+    assert ss[0].weight.contains(b.weight(ss[0].name)) and ss[0].bias.contains(b.bias(ss[0].name))
+    with torch.no_grad():
+        ref = q(x).double().numpy()
+    assert np.max(np.abs(emulate(b, x.numpy()) - ref)) < 0.1 * max(1.0, np.max(np.abs(ref)))
