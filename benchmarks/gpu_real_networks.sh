@@ -7,12 +7,14 @@ set -uo pipefail
 data=${1:?data dir}; out=${2:?out dir}; epochs=${EPOCHS:-15}; methods=${METHODS:-qsparse djpq}
 export PYTHONPATH=toolchain PYTHONUNBUFFERED=1
 runs=/tmp/real_networks; rm -rf $runs; mkdir -p $runs
-for m in resnet8 mobilenet_v2_tiny ds_cnn; do
-  for meth in $methods; do
-    timeout ${TRAIN_TIMEOUT:-36000} python3 benchmarks/real_networks.py train --model $m --method $meth --device cuda --epochs $epochs \
-      --data-dir $data --out $runs > $runs/${m}_${meth}.log 2>&1 &
-  done
+# RUNS="model:method:epochs ..." picks runs; default: every model x $methods at $epochs
+runs_list=${RUNS:-$(for m in resnet8 mobilenet_v2_tiny ds_cnn; do for meth in $methods; do echo $m:$meth:$epochs; done; done)}
+for r in $runs_list; do
+  IFS=: read -r m meth ep <<< "$r"
+  timeout ${TRAIN_TIMEOUT:-36000} python3 benchmarks/real_networks.py train --model $m --method $meth --device cuda \
+    --epochs $ep --data-dir $data --out $runs > $runs/${m}_${meth}.log 2>&1 &
 done
+methods=$(for r in $runs_list; do echo ${r#*:}; done | cut -d: -f1 | sort -u | tr '\n' ' ' | sed 's/ $//')
 wait
 tail -n 3 $runs/*.log
 cd $runs && tar czf $out/results_${methods// /_}.tar.gz *.json *.log
