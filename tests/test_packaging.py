@@ -69,12 +69,15 @@ def env(wheel, tmp_path_factory):
     py = root / "bin" / "python"
     purelib = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                   check=True, capture_output=True, text=True).stdout.strip())
+    # this interpreter's site-packages (those of sys.path too: a venv whose base comes in by a .pth)
     base = [p for p in dict.fromkeys(site.getsitepackages() + [sysconfig.get_paths()["purelib"],
-                                                                sysconfig.get_paths()["platlib"]])
-            if Path(p).is_dir() and not str(Path(p)).startswith(str(REPO))]
+                                                                sysconfig.get_paths()["platlib"]]
+                                     + [q for q in sys.path if q.endswith(("site-packages", "dist-packages"))])
+            if Path(p).is_dir() and not str(Path(p).resolve()).startswith(str(REPO))]
     (purelib / "_machine_site.pth").write_text("\n".join(base) + "\n")
+    # --ignore-installed: a qsp on the machine (the image's, an editable one) is neither used nor touched
     r = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index",
-                        "-q", str(wheel)], capture_output=True, text=True)
+                        "--ignore-installed", "-q", str(wheel)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     e = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "QSP_BOARDS_DIR", "PYTHONHOME")}
     e["PATH"] = f"{root / 'bin'}{os.pathsep}{e.get('PATH', '')}"
