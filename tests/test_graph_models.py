@@ -308,3 +308,30 @@ def test_standalone_batchnorm_becomes_scale_shift():
     with torch.no_grad():
         ref = q(x).double().numpy()
     assert np.max(np.abs(emulate(b, x.numpy()) - ref)) < 0.1 * max(1.0, np.max(np.abs(ref)))
+
+
+def test_elementwise_after_flatten_moves_before_it_and_io_stream_is_exact(tmp_path):
+    """conv -> flatten -> relu -> quantize -> dense: in io_stream hls4ml's ReLU after its
+    flatten computes wrong values (or crashes); flatten_last moves relu and quantize before
+    the flatten (same values) and the design verifies."""
+    from qsp.bundle import FlattenNode, ReluNode
+    from qsp.bundle.transforms import run
+    from qsp.compile.hls4ml_project import CompileOptions
+    from qsp.compile.pipeline import compile_bundle
+    from tests.graphs import conv, linear, make, quant, random_codes
+
+    rng = np.random.default_rng(0)
+    nodes = [quant("input_quant", [2, 4, 4], 8, 5), conv("conv1", [2, 4, 4], 4, 3, 6, 5, padding=1),
+             FlattenNode(name="flatten1", in_shape=[4, 4, 4], out_shape=[64]),
+             ReluNode(name="relu1", in_shape=[64], out_shape=[64]), quant("quant1", [64], 6, 3, False),
+             linear("dense1", 64, 3, 6, 5)]
+    w = {"conv1.weight": random_codes(rng, (4, 2, 3, 3), 6) / 32, "dense1.weight": random_codes(rng, (3, 64), 6) / 32}
+    b = make(nodes, w)
+    b.test_x, b.test_y = rng.uniform(-2, 2, (32, 2, 4, 4)).astype(np.float32), None
+    tx, log = run(b, ("flatten_last",))
+    assert [n.name for n in tx.graph] == ["input_quant", "conv1", "relu1", "quant1", "flatten1", "dense1"]
+    assert tx.qspec.node("relu1").in_shape == [4, 4, 4] and tx.qspec.node("flatten1").inputs == ["quant1"]
+    assert np.array_equal(emulate(tx, b.test_x), emulate(b, b.test_x)) and len(log) == 2
+    assert [n.name for n in b.graph][2] == "flatten1"  # the input bundle is left as it was
+    res = compile_bundle(b, tmp_path, CompileOptions(io_type="io_stream"))
+    assert res.report.mismatches == 0 and all(p.ran for p in res.report.paths)

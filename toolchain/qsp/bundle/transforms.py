@@ -18,6 +18,13 @@ Every one keeps the graph's final outputs bit-identical (verification checks tha
     a unit (feature / channel) between a producer and a consumer that is never read (all the
     consumer's weights on it are zero) or is always 0 (the producer's row and bias are all
     zero) is removed from both layers and from the masks in between.
+``flatten_last``
+    an elementwise node that commutes with flatten (``relu``, ``quantize``, ``clip``) right
+    after a ``flatten`` that it alone reads moves before it (repeatedly). The values are the
+    same; hls4ml's io_stream flatten leaves its stream one value per word, and elementwise
+    kernels after it (hls4ml's own ReLU among them) assume equal word sizes and compute
+    wrong numbers there (seen: 1,100 of 2,048 ReLU values); before the flatten they are
+    exact, and a quantize can then fold into the layer before.
 """
 from __future__ import annotations
 
@@ -129,8 +136,43 @@ class RemoveDead(Transformation):
                             f"{'features' if isinstance(p, LinearNode) else 'channels'}")
         return b.validate()
 
-STEPS = {"fold_masks": FoldMasks, "remove_dead": RemoveDead}
-DEFAULT_STEPS = ("fold_masks", "remove_dead")
+class FlattenLast(Transformation):
+    MOVABLE = ("relu", "quantize", "clip")
+
+    def __init__(self):
+        super().__init__("flatten_last")
+
+    def apply(self, bundle: Bundle) -> Bundle:
+        from .schema import consumers
+
+        b = _copy(bundle)
+        g = b.qspec.graph
+        moved = True
+        while moved:
+            moved = False
+            cons = consumers(g)
+            for i, f in enumerate(g):
+                if f.op != "flatten" or len(cons[f.name]) != 1 or f is g[-1]:
+                    continue
+                r = cons[f.name][0]
+                if r.op not in self.MOVABLE or len(r.inputs) != 1:
+                    continue
+                j = g.index(r)
+                # r reads f's input and takes f's place; f reads r; r's readers read f
+                for n in cons[r.name]:
+                    n.inputs = [f.name if x == r.name else x for x in n.inputs]
+                r.inputs, f.inputs = list(f.inputs), [r.name]
+                r.in_shape, r.out_shape = list(f.in_shape), list(f.in_shape)
+                g[i], g[j] = r, f
+                g.insert(i + 1, g.pop(j))  # keep the order topological: r, f, then the rest
+                self.log.append(f"{r.name} ({r.op}) moved before {f.name} (flatten)")
+                moved = True
+                break
+        return b.validate()
+
+
+STEPS = {"fold_masks": FoldMasks, "remove_dead": RemoveDead, "flatten_last": FlattenLast}
+DEFAULT_STEPS = ("flatten_last", "fold_masks", "remove_dead")
 
 
 def run(bundle: Bundle, steps=DEFAULT_STEPS) -> tuple[Bundle, list[str]]:
