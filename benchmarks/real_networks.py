@@ -81,6 +81,8 @@ def train(a) -> int:
 def compile_(a) -> int:
     runs = Path(a.runs)
     for d in sorted(p for p in runs.iterdir() if (p / "bundle").is_dir()):
+        if a.only and d.name not in a.only:
+            continue
         res_dir = runs if (runs / f"{d.name}.json").exists() else runs.parent  # beside the train JSON
         hw = res_dir / f"{d.name}_hw.json"
         if hw.exists() and not a.force:
@@ -111,6 +113,24 @@ def _board_estimate(e: dict, board: str) -> dict:
     return {"raw_keys": sorted(e)}
 
 
+def boards(a) -> int:
+    """qsp-estimate --board all per bundle: which shipped boards the design fits."""
+    runs = Path(a.runs)
+    for d in sorted(p for p in runs.iterdir() if (p / "bundle").is_dir()):
+        res_dir = runs if (runs / f"{d.name}.json").exists() else runs.parent
+        est = d / "estimate_all"
+        subprocess.run(["qsp-estimate", str(d / "bundle"), "--board", "all", "--out", str(est)],
+                       capture_output=True, text=True, check=True)
+        e = json.loads((est / "estimate.json").read_text())
+        rows = {b["board"]: {"verdict": b["verdict"], "binding": b["binding"],
+                             "utilization_pct": round(100 * b["utilization"][b["binding"]], 1)} for b in e["boards"]}
+        out = {"run": d.name, "boards": rows, "fits": sorted(k for k, v in rows.items() if v["verdict"] == "fits"),
+               "command": f"qsp-estimate {d / 'bundle'} --board all"}
+        (res_dir / f"{d.name}_boards.json").write_text(json.dumps(out, indent=1))
+        print(d.name, out["fits"])
+    return 0
+
+
 def summary(a) -> int:
     runs = Path(a.runs)
     if not any(runs.glob("*_*.json")) and any(runs.parent.glob("*_*.json")):
@@ -125,18 +145,23 @@ def summary(a) -> int:
             hwf = runs / f"{m}_{meth}_hw.json"
             if hwf.exists():
                 r["hw"] = json.loads(hwf.read_text())
+            bf = runs / f"{m}_{meth}_boards.json"
+            if bf.exists():
+                r["fits"] = json.loads(bf.read_text())["fits"]
             rows.append(r)
     (runs / "summary.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| model | method | float acc % | acc % | delta | PD vs float | BOPs vs FP32 | csim mismatches / outputs | board verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | method | epochs | float acc % | acc % | delta | PD vs float | BOPs vs FP32 | csim mismatches / outputs "
+             "(2,000 inputs) | pynq-z2 | fits (qsp-estimate) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         v = (r.get("hw") or {}).get("verify") or {}
         p = v.get("paths", {}).get("csim_testbench", {})
-        lines.append(f"| {r['model']} | {r['method']} | {r['float_accuracy']:.2f} | {r['accuracy']:.2f} | "
+        lines.append(f"| {r['model']} | {r['method']} | {r['epochs']} | {r['float_accuracy']:.2f} | {r['accuracy']:.2f} | "
                      f"{r['delta_points']:+.2f} | {r['pd_ratio_vs_float']:.1f}x | "
                      f"{(str(round(r['bops_reduction'], 1)) + 'x') if 'bops_reduction' in r else '-'} | "
                      f"{p.get('mismatches', '-')} / {p.get('compared', '-')} | "
-                     f"{((r.get('hw') or {}).get('estimate') or {}).get('verdict', '-')} |")
+                     f"{((r.get('hw') or {}).get('estimate') or {}).get('verdict', '-')} | "
+                     f"{', '.join(r.get('fits', [])) or 'none'} |")
     (runs / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
@@ -162,10 +187,13 @@ def main(argv=None) -> int:
     c.add_argument("--board", default="pynq-z2")
     c.add_argument("--max-inputs", type=int, default=2000)
     c.add_argument("--force", action="store_true")
+    c.add_argument("--only", nargs="*", default=None, help="run directories to compile (default all)")
+    bo = sub.add_parser("boards")
+    bo.add_argument("--runs", default="benchmarks/results/real_networks")
     s = sub.add_parser("summary")
     s.add_argument("--runs", default="benchmarks/results/real_networks")
     a = ap.parse_args(argv)
-    return {"train": train, "compile": compile_, "summary": summary}[a.cmd](a)
+    return {"train": train, "compile": compile_, "boards": boards, "summary": summary}[a.cmd](a)
 
 
 if __name__ == "__main__":
