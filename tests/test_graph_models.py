@@ -335,3 +335,74 @@ def test_elementwise_after_flatten_moves_before_it_and_io_stream_is_exact(tmp_pa
     assert [n.name for n in b.graph][2] == "flatten1"  # the input bundle is left as it was
     res = compile_bundle(b, tmp_path, CompileOptions(io_type="io_stream"))
     assert res.report.mismatches == 0 and all(p.ran for p in res.report.paths)
+
+
+# ----------------------------------------------------------------------------- LeakyReLU
+def _leaky_bundle(seed=0):
+    from qsp.bundle import LeakyReluNode
+    from qsp.fixedpoint import leaky_slope
+    from tests.graphs import conv, linear, make, quant, random_codes
+
+    rng = np.random.default_rng(seed)
+    slope, pfmt = leaky_slope(0.1)
+    nodes = [quant("input_quant", [2, 4, 4], 8, 5), conv("conv1", [2, 4, 4], 3, 3, 6, 5, padding=1, bbits=10, bfrac=7),
+             LeakyReluNode(name="leaky1", in_shape=[3, 4, 4], out_shape=[3, 4, 4], slope=slope, param=pfmt),
+             quant("quant1", [3, 4, 4], 6, 3), LeakyReluNode(name="leaky2", in_shape=[3, 4, 4], out_shape=[3, 4, 4],
+                                                             slope=slope, param=pfmt),
+             quant("quant2", [3, 4, 4], 8, 4)]
+    from qsp.bundle import FlattenNode
+    nodes += [FlattenNode(name="flatten1", in_shape=[3, 4, 4], out_shape=[48]), linear("dense1", 48, 3, 6, 5)]
+    w = {"conv1.weight": random_codes(rng, (3, 2, 3, 3), 6) / 32, "conv1.bias": random_codes(rng, (3,), 10) / 128,
+         "dense1.weight": random_codes(rng, (3, 48), 6) / 32}
+    b = make(nodes, w)
+    b.test_x, b.test_y = rng.uniform(-3, 3, (24, 2, 4, 4)).astype(np.float32), None
+    return b
+
+
+def test_leaky_relu_by_hand_and_onnx():
+    from qsp.export.onnx import build_onnx, run_onnx
+    from qsp.fixedpoint import leaky_slope
+
+    slope, fmt = leaky_slope(0.1)
+    assert fmt.bits == 16 and fmt.frac == 18 and slope == 26214 / 2 ** 18  # 0.1 on a 16-bit grid
+    b = _leaky_bundle()
+    t = emulate(b, b.test_x, trace=True)
+    q = t["quant1"]
+    assert np.array_equal(t["leaky2"], np.where(q >= 0, q, q * slope))  # exact, no rounding
+    assert (q < 0).any() and (q > 0).any()
+    assert np.array_equal(run_onnx(build_onnx(b), b.test_x), emulate(b, b.test_x))
+
+
+@pytest.mark.parametrize("io_type", ["io_parallel", "io_stream"])
+def test_leaky_relu_compiles_bit_exact(io_type, tmp_path):
+    from qsp.compile.hls4ml_project import CompileOptions
+    from qsp.compile.pipeline import compile_bundle
+
+    res = compile_bundle(_leaky_bundle(), tmp_path, CompileOptions(io_type=io_type))
+    assert res.report.mismatches == 0 and all(p.ran for p in res.report.paths)
+    lp = res.plan.by_name()["leaky2"]
+    assert lp.hls_precision()["param"] == "ap_fixed<16,-2>" and lp.folded == ["quant2"]
+
+
+def test_leaky_relu_one_lsb_caught(tmp_path):
+    from qsp.compile.hls4ml_project import CompileOptions
+    from qsp.compile.pipeline import compile_bundle, prepare
+
+    b = _leaky_bundle()
+    f = prepare(b)[3].by_name()["leaky2"].result
+    coarse = FixedFormat(f.bits - 1, f.frac - 1, f.signed, f.rounding)
+    with pytest.raises(VerificationError):
+        compile_bundle(b, tmp_path, CompileOptions(), result_overrides={"leaky2": coarse.ap_type()})
+    assert json.loads((tmp_path / "verify.json").read_text())["first_diverging_layer"] == "leaky2"
+
+
+def test_leaky_relu_trained_slope_is_the_exported_one():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.LeakyReLU(0.1), nn.Flatten(), nn.Linear(3 * 64, 2))
+    q = _train(qsp.convert(m, qsp.Plan(total_steps=30)))
+    b, x = _bundle(q)
+    leaky = next(n for n in b.graph if n.op == "leaky_relu")
+    assert leaky.slope == m[1].act.negative_slope != 0.1
+    with torch.no_grad():
+        ref = q(x).double().numpy()
+    assert np.array_equal(emulate(b, x.numpy()), ref)

@@ -312,6 +312,31 @@ def widen_to_cover(formats: Sequence[FixedFormat]) -> FixedFormat:
     return FixedFormat(max(bits, 1), frac, signed, formats[0].rounding)
 
 
+def fit_format(values, bits: int, rounding: str = DEFAULT_ROUNDING) -> FixedFormat:
+    """The signed ``bits``-bit format with the most fraction bits that holds every value of
+    ``values`` without saturating (for constants: a standalone BatchNorm's scale and
+    shift, a LeakyReLU's slope)."""
+    a = np.asarray(values, np.float64).reshape(-1)
+    m = float(np.max(np.abs(a))) if a.size else 0.0
+    frac = bits - 1 if m == 0 else bits - 2 - int(np.floor(np.log2(m)))
+    fmt = FixedFormat(bits, frac, True, rounding)
+    while a.size and np.max(np.abs(fmt.quantize_np(a) - a)) > fmt.step / 2:  # saturated somewhere
+        frac -= 1
+        fmt = FixedFormat(bits, frac, True, rounding)
+    return fmt
+
+
+#: bits of a LeakyReLU slope (hls4ml's ``param`` type); qsp.convert trains with the slope on
+#: this grid, so the exported slope is the trained one
+LEAKY_SLOPE_BITS = 16
+
+
+def leaky_slope(slope: float) -> tuple[float, FixedFormat]:
+    """(the slope on its grid, its format)."""
+    fmt = fit_format([slope], LEAKY_SLOPE_BITS)
+    return float(fmt.quantize_np(np.array([slope]))[0]), fmt
+
+
 def format_for_codes(lo: int, hi: int, frac: int, rounding: str = "floor") -> FixedFormat:
     """Smallest format with ``frac`` fraction bits holding every integer code in
     ``[lo, hi]`` (signed iff ``lo < 0``)."""

@@ -20,23 +20,23 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .. import __version__
 from ..errors import BundleError, UnsupportedLayerError
-from ..fixedpoint import FixedFormat
+from ..fixedpoint import FixedFormat, fit_format, leaky_slope
 from ..nn import ActivationPruner, QLayer, Quantizer
 from ..nn.capture import ADD_FUNCS, CAT_FUNCS, QspTracer, where
 from ..registry import Registry
 from .io import Bundle
 from .schema import (GRAPH_INPUT, AddNode, AvgPool2dNode, ClipNode, ConcatNode, Conv2dNode, FlattenNode,
-                     LinearNode, MaskNode, MaxPool2dNode, ModelRef, PixelShuffleNode, QSpec, QuantNode,
+                     LeakyReluNode, LinearNode, MaskNode, MaxPool2dNode, ModelRef, PixelShuffleNode, QSpec, QuantNode,
                      ReluNode, ScaleShiftNode, TaskInfo, WeightFormat)
 
 _HANDLERS = Registry("bundle exporter")
 #: modules that are the identity at inference
 SKIP = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 #: supported ops in user terms (for error messages)
-SUPPORTED = ("Linear", "Conv2d (groups=1, depthwise, grouped)", "BatchNorm1d/2d", "ReLU", "ReLU6", "Hardtanh",
+SUPPORTED = ("Linear", "Conv2d (groups=1, depthwise, grouped)", "BatchNorm1d/2d", "ReLU", "ReLU6", "Hardtanh", "LeakyReLU",
              "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d(1)", "Flatten", "PixelShuffle", "Dropout",
              "add (+, torch.add)", "torch.cat(dim=1)", "torch.flatten / view / reshape to (N, -1)",
-             "mean over H and W", "F.relu / F.relu6 / F.hardtanh", "F.max_pool2d / F.avg_pool2d",
+             "mean over H and W", "F.relu / F.relu6 / F.hardtanh / F.leaky_relu", "F.max_pool2d / F.avg_pool2d",
              "F.adaptive_avg_pool2d(x, 1)")
 
 
@@ -160,20 +160,20 @@ def _clip(ctx, path, m, in_shape, out_shape):
     return ClipNode(name=ctx.name("clip"), in_shape=in_shape, out_shape=out_shape, source=path, lo=lo, hi=hi)
 
 
+@exporter(nn.LeakyReLU)
+def _leaky(ctx, path, m, in_shape, out_shape):
+    slope, fmt = leaky_slope(float(m.negative_slope))
+    if slope != float(m.negative_slope) and not ctx.dry:
+        raise BundleError(f"layer {path!r} (LeakyReLU): slope {m.negative_slope} is not on its {fmt.bits}-bit grid; "
+                          "convert the model with qsp.convert (it puts the slope there for training)")
+    if not 0 <= slope < 1:
+        raise UnsupportedLayerError(f"layer {path!r} (LeakyReLU): slope {slope} outside [0, 1) is not supported")
+    return LeakyReluNode(name=ctx.name("leaky_relu"), in_shape=in_shape, out_shape=out_shape, source=path,
+                         slope=slope, param=fmt)
+
+
 #: a standalone BatchNorm's scale and shift: this many bits, fraction bits as many as fit
 SCALE_SHIFT_BITS = 16
-
-
-def _fit_format(a: np.ndarray, bits: int) -> FixedFormat:
-    """The signed ``bits``-bit format with the most fraction bits that holds every value
-    of ``a`` without saturating."""
-    m = float(np.max(np.abs(a))) if a.size else 0.0
-    frac = bits - 1 if m == 0 else bits - 1 - int(np.floor(np.log2(m))) - 1
-    fmt = FixedFormat(bits, frac, True)
-    while fmt.quantize_np(a).max(initial=0) < a.max(initial=0) or fmt.quantize_np(a).min(initial=0) > a.min(initial=0):
-        frac -= 1
-        fmt = FixedFormat(bits, frac, True)
-    return fmt
 
 
 @exporter(nn.BatchNorm1d, nn.BatchNorm2d)
@@ -188,7 +188,7 @@ def _batchnorm(ctx, path, m, in_shape, out_shape):
     be = m.bias.detach().double().cpu().numpy() if m.affine else np.zeros_like(var)
     scale = g / np.sqrt(var + m.eps)
     shift = be - mean * scale
-    sf, bf = _fit_format(scale, SCALE_SHIFT_BITS), _fit_format(shift, SCALE_SHIFT_BITS)
+    sf, bf = fit_format(scale, SCALE_SHIFT_BITS), fit_format(shift, SCALE_SHIFT_BITS)
     name = ctx.name("scale_shift")
     ctx.weights[f"{name}.weight"] = sf.quantize_np(scale)
     ctx.weights[f"{name}.bias"] = bf.quantize_np(shift)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError
-from .schema import (GRAPH_INPUT, Conv2dNode, LinearNode, MaskNode, QSpec, ScaleShiftNode, check_graph,
+from .schema import (GRAPH_INPUT, Conv2dNode, LeakyReluNode, LinearNode, MaskNode, QSpec, ScaleShiftNode, check_graph,
                      input_shapes_ok, sequential_inputs)
 
 QSPEC = "qspec.json"
@@ -79,6 +79,10 @@ class Bundle:
                 nz = int(np.count_nonzero(w))
                 if nz != n.nonzeros:
                     raise BundleError(f"qspec.json: node {n.name!r} says {n.nonzeros} nonzeros, weights have {nz}")
+            elif isinstance(n, LeakyReluNode):
+                if n.param is None or not n.param.contains(np.array([n.slope])) or not 0 <= n.slope < 1:
+                    raise BundleError(f"qspec.json: node {n.name!r} (leaky_relu): slope {n.slope!r} must lie in "
+                                      f"[0, 1) on the grid of its param format {n.param}")
             elif isinstance(n, ScaleShiftNode):
                 for key, f in ((f"{n.name}.weight", n.weight), (f"{n.name}.bias", n.bias)):
                     a = self.weights.get(key)

@@ -180,6 +180,17 @@ class ClipNode(Node):
     hi: float = 6.0
 
 
+@node_type("leaky_relu")
+@dataclass
+class LeakyReluNode(Node):
+    """``x`` for ``x >= 0``, ``slope * x`` below: exact (fraction bits of the input plus
+    those of ``param``). ``slope`` lies on the grid of ``param`` (qsp.convert puts a
+    LeakyReLU's slope there for training too)."""
+
+    slope: float = 0.01
+    param: FixedFormat = None
+
+
 @node_type("scale_shift")
 @dataclass
 class ScaleShiftNode(Node):
@@ -224,6 +235,8 @@ def node_from_dict(d: dict, where: str = "graph") -> Node:
     try:
         if "format" in d and d["format"] is not None:
             d["format"] = FixedFormat.from_dict(d["format"])
+        if "param" in d and d["param"] is not None:
+            d["param"] = FixedFormat.from_dict(d["param"])
         if "weight" in d and d["weight"] is not None:
             d["weight"] = (FixedFormat.from_dict(d["weight"]) if cls is ScaleShiftNode
                            else WeightFormat.from_dict(d["weight"]))

@@ -77,6 +77,11 @@ def _flatten(bundle, n):
     return nn.Flatten()
 
 
+@builds("leaky_relu")
+def _leaky(bundle, n):
+    return nn.LeakyReLU(float(n.slope))
+
+
 @builds("add")
 def _add(bundle, n):
     from .extension import QspAdd

@@ -46,12 +46,12 @@ COMMUTING = {"relu", "mask", "maxpool2d", "flatten", "pixel_shuffle", "clip"}
 PRODUCERS = {"linear", "conv2d", "add", "scale_shift"}
 #: ops whose hls4ml/qsp implementation casts its output to ``result`` (so a quantize can fold)
 CASTING = {"linear", "conv2d", "relu", "mask", "maxpool2d", "avgpool2d", "pixel_shuffle", "requant", "add",
-           "concat", "clip", "scale_shift"}
+           "concat", "clip", "scale_shift", "leaky_relu"}
 #: hls4ml's class of each deploy layer (for the table and the estimator)
 HLS_CLASS = {"linear": "Dense", "conv2d": "Conv2D", "relu": "Activation", "mask": "QspMask",
              "maxpool2d": "Pooling2D", "avgpool2d": "Pooling2D", "flatten": "Reshape",
              "pixel_shuffle": "QspDepthToSpace", "requant": "QspRequant", "input": "Input",
-             "add": "Merge", "concat": "Concatenate", "clip": "QspClip", "scale_shift": "QspScaleShift",
+             "add": "Merge", "concat": "Concatenate", "leaky_relu": "LeakyReLU", "clip": "QspClip", "scale_shift": "QspScaleShift",
              "dwconv2d": "DepthwiseConv2D", "gconv2d": "QspGroupedConv2d"}
 
 
@@ -76,6 +76,7 @@ class LayerPrecision:
     inputs: list[str] = field(default_factory=list)
     weight_key: str = "weight"  # hls4ml's precision key of ``weight`` (scale_shift: "scale")
     hls_class: str = ""  # hls4ml's layer class (default: HLS_CLASS[op])
+    param: FixedFormat | None = None  # LeakyReLU's slope type
 
     def result_type(self) -> str:
         return self.result.ap_type() if self.result_rounds else self.result.ap_type_plain()
@@ -88,6 +89,8 @@ class LayerPrecision:
             p["bias"] = self.bias.ap_type_plain()
         if self.accum is not None:
             p["accum"] = self.accum.ap_type_plain()
+        if self.param is not None:
+            p["param"] = self.param.ap_type_plain()
         return p
 
     def expected(self, trace: dict[str, np.ndarray]) -> np.ndarray:
@@ -208,6 +211,19 @@ def _clip(st, n, post):
     lo, hi = (int(round(v * 2 ** c.frac)) for v in (n.lo, n.hi))
     exact = format_for_codes(max(lo, c.int_min), min(hi, c.int_max), c.frac)
     return _finish(LayerPrecision(n.name, n.op, exact, node=n.name), exact, post)
+
+
+@handles("leaky_relu")
+def _leaky(st, n, post):
+    """hls4ml's LeakyReLU (ParametrizedActivation): x above 0, alpha * x below (product at
+    full width), one cast to result; the slope is on the ``param`` grid already."""
+    c, pf = st.cur, n.param.frac
+    a = int(round(float(n.slope) * 2 ** pf))
+    lo, hi = (c.int_min * a, c.int_max << pf) if c.signed else (0, c.int_max << pf)
+    exact = format_for_codes(min(lo, 0), hi, c.frac + pf)
+    lp = LayerPrecision(n.name, n.op, exact, node=n.name)
+    lp.param = n.param
+    return _finish(lp, exact, post)
 
 
 @handles("add")

@@ -50,7 +50,7 @@ import numpy as np
 
 from .. import hardware
 from ..bundle.footprint import point_mask
-from ..bundle.schema import (GRAPH_INPUT, AddNode, AvgPool2dNode, ClipNode, ConcatNode, Conv2dNode, FlattenNode,
+from ..bundle.schema import (GRAPH_INPUT, AddNode, AvgPool2dNode, ClipNode, LeakyReluNode, ConcatNode, Conv2dNode, FlattenNode,
                              LinearNode, MaskNode, MaxPool2dNode, PixelShuffleNode, QuantNode, ReluNode,
                              ScaleShiftNode, consumers, producers, sequential_inputs)
 from ..errors import UnsupportedLayerError
@@ -262,9 +262,10 @@ def _scale_shift(n: ScaleShiftNode, ins: list[_State], bundle) -> _Out:
     return _Out(alive.reshape(st.alive.shape), info)
 
 
-@counts_for(QuantNode, ReluNode, FlattenNode)
+@counts_for(QuantNode, ReluNode, FlattenNode, LeakyReluNode)
 def _passthrough(n, ins: list[_State], bundle) -> _Out:
-    """quantize, relu, flatten: 0 stays 0 (a format that holds 0 rounds 0 to 0)."""
+    """quantize, relu, leaky_relu, flatten: 0 stays 0 (a format that holds 0 rounds 0 to
+    0; leaky_relu's constant multiply is priced by the resource model, not as MACs)."""
     return _Out(ins[0].alive.reshape(n.out_shape))
 
 

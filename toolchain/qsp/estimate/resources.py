@@ -267,6 +267,13 @@ def _concat(n: NodeCounts) -> Resources:
     return Resources(0, 0, 0, 0, 0, 1)
 
 
+@other_model("leaky_relu")
+def _leaky(n: NodeCounts) -> Resources:
+    """A comparator, a constant multiply (shift-adds in LUTs) and a mux per element."""
+    b = n.out_format.bits
+    return Resources(0, n.out_nonzero * 3 * b, n.out_nonzero * b, 0, 1, 1)
+
+
 @other_model("clip")
 def _clip(n: NodeCounts) -> Resources:
     """Two comparators against constants and two muxes: b LUTs per bound per element."""

@@ -389,6 +389,19 @@ def _clip(b, st, x, bundle):
     return _T(b.op("Clip", [x.name, lo, hi], "clip"), x.double, st.out_info)
 
 
+@_handler("leaky_relu")
+def _leaky(b, st, x, bundle):
+    """max(x, 0) + alpha * min(x, 0): each part exact (one of them is 0), float64 where the
+    product's codes reach 2**24."""
+    double = _exact_dtype(st, [x])
+    if double:
+        x = b.to_double(x)
+    neg = b.op("Min", [x.name, b.scalar(0.0, double, "zero")], "neg")
+    neg = b.op("Mul", [neg, b.scalar(float(st.node.slope), double, "alpha")], "scaled")
+    y = b.op("Add", [b.op("Max", [x.name, b.scalar(0.0, double, "zero")], "pos"), neg], "leaky")
+    return _T(y, double, st.out_info)
+
+
 def _exact_dtype(st: Step, xs: list[_T]) -> bool:
     """float64 unless every input is float32 and the output (hence every partial result,
     all on the output's grid) stays below ``2**24`` LSBs."""

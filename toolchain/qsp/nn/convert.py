@@ -225,6 +225,8 @@ def convert(model: nn.Module, plan: Plan | None = None, **overrides) -> nn.Modul
             _set(gm, bn_of[name], None, model)
     if plan.quantize_activations:
         for name, mod in acts:
+            if isinstance(mod, nn.LeakyReLU):  # train with the slope the hardware uses
+                mod.negative_slope = fp.leaky_slope(float(mod.negative_slope))[0]
             if selected(name):
                 _set(gm, name, nn.Sequential(OrderedDict([("act", mod)] + act_ops(name, not ACTIVATIONS[type(mod)]))),
                      model)

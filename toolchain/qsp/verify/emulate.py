@@ -287,6 +287,18 @@ def _infer_clip(bundle, graph, i, node: ClipNode, info):
     return TensorInfo(info.frac, max(min(info.bound, max(abs(lo), abs(hi))), 0), lo < 0), {"lo": lo, "hi": hi}
 
 
+@_op("leaky_relu", _INFER)
+def _infer_leaky(bundle, graph, i, node, info):
+    info = _need_info(node, info)
+    pf = node.param.frac
+    a = int(round(float(node.slope) * 2 ** pf))
+    if a / 2 ** pf != float(node.slope):
+        raise BundleError(f"node {node.name!r} (leaky_relu): slope {node.slope} is not on its grid 2^-{pf}")
+    bound = max(info.bound << pf, info.bound * abs(a))  # 0 <= slope < 1: pf >= 15
+    _check_bound(node, bound)
+    return TensorInfo(info.frac + pf, bound, True), {"alpha": a, "shift": pf}
+
+
 @_op("scale_shift", _INFER)
 def _infer_scale_shift(bundle, graph, i, node: ScaleShiftNode, info):
     info = _need_info(node, info)
@@ -457,6 +469,13 @@ def _run_clip(step: Step, x: Fixed):
     return Fixed(np.clip(x.codes, step.params["lo"], step.params["hi"]), x.frac)
 
 
+@_op("leaky_relu", _RUN)
+def _run_leaky(step: Step, x: Fixed):
+    p = step.params
+    c = x.codes
+    return Fixed(np.where(c >= 0, c << p["shift"], c * p["alpha"]), step.out_info.frac)
+
+
 @_op("scale_shift", _RUN)
 def _run_scale_shift(step: Step, x: Fixed):
     p = step.params
@@ -551,6 +570,7 @@ def fake_quant_forward(bundle: Bundle, x, trace: bool = False):
         "conv2d": lambda n, t: F.conv2d(t, _t(bundle.weight(n.name)), _tb(bundle.bias(n.name)),
                                         stride=_pair(n.stride), padding=_pair(n.padding), groups=int(n.groups)),
         "clip": lambda n, t: torch.clamp(t, float(n.lo), float(n.hi)),
+        "leaky_relu": lambda n, t: F.leaky_relu(t, float(n.slope)),
         "scale_shift": lambda n, t: (t * _t(bundle.weight(n.name)).reshape((-1,) + (1,) * (t.ndim - 2))
                                      + _t(bundle.bias(n.name)).reshape((-1,) + (1,) * (t.ndim - 2))),
         "add": lambda n, ts: sum(ts[1:], ts[0]),
