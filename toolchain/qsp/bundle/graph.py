@@ -1,5 +1,9 @@
-"""Graph surgery on a bundle's sequential graph, shared by the exact transformations of the
-compiler (mask folding, dead-unit removal) and of DJPQ (pruned-channel removal).
+"""Graph surgery on a bundle's graph, shared by the exact transformations of the compiler
+(mask folding, dead-unit removal) and of DJPQ (pruned-channel removal).
+
+Links follow node inputs and are taken only along chains in which every value has exactly
+one reader, between ungrouped weight layers: a channel that an add, a concat, a depthwise
+conv or a second reader also sees is never touched.
 
 A *unit* is a Dense output feature or a Conv output channel. Between a producer (a weight
 node) and its consumer (the next weight node) a unit travels through per-unit ops

@@ -1,8 +1,8 @@
 """Integer-exact emulation of a bundle's quantized graph: the reference of verification.
 
 Every tensor is a batch of integer codes (``int64``) plus one fraction-bit count ``f``:
-its values are ``codes * 2**-f``, exactly. Nodes run in graph order (see
-:mod:`qsp.bundle.schema` for the semantics):
+its values are ``codes * 2**-f``, exactly. Nodes run in graph order, each on the outputs
+of the nodes its ``inputs`` name (see :mod:`qsp.bundle.schema` for the semantics):
 
 ``quantize``
     :meth:`qsp.fixedpoint.FixedFormat.quantize_np` on the exact values (rounding and
@@ -14,6 +14,11 @@ its values are ``codes * 2**-f``, exactly. Nodes run in graph order (see
     Convolution is an exact im2col matmul.
 ``relu``, ``mask``, ``maxpool2d``, ``flatten`` (NCHW order), ``pixel_shuffle`` (PyTorch's
 channel order)
+    exact on the codes.
+``add`` / ``concat``
+    inputs aligned to the finest fraction bits (exact shifts), summed / concatenated.
+``clip``, ``leaky_relu`` (``x`` or ``slope * x`` at ``f + f_slope``), ``scale_shift``
+(``x * scale + shift`` at full width), grouped / depthwise ``conv2d``
     exact on the codes.
 ``avgpool2d``
     the window sum ``S`` (exact) divided by the window size ``n``. When ``n`` is a power of
