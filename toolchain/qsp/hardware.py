@@ -9,7 +9,8 @@ standard library only, so that qsp-compile (which builds the plan) and qsp-estim
   accepts for a kernel and strategy;
 * :func:`latency_only`: the layers qsp builds only fully parallel (depthwise / grouped
   conv, scale_shift), and why;
-* :func:`buildable_strategies`: the strategies qsp-compile can build (for a board);
+* :func:`buildable_strategies`: the strategies qsp-compile can build (for a board), and
+  :func:`unbuildable_reason`: why one cannot be (the refusal qsp-compile raises up front);
 * :class:`LayerFacts` (:func:`layer_facts` from a bundle; the estimator makes them from
   its counts) and :func:`rule_strategies`: the per-layer rule of ``--strategy auto``
   (and of a forced ``--strategy``), which is qsp-compile's plan before its board check and
@@ -77,6 +78,24 @@ def buildable_strategies(board=None, installed: bool = True) -> tuple[str, ...]:
     return tuple(s for s in STRATEGIES
                  if not (s == "resource_unrolled" and accelerator(board))
                  and not (s == "distributed_arithmetic" and installed and not da4ml_available()))
+
+
+def unbuildable_reason(strategy: str, board=None, installed: bool = True) -> str:
+    """Why qsp-compile cannot build ``strategy`` (one of :data:`STRATEGIES`, or "auto") for
+    ``board`` (None: no board), naming the board, the strategy and the reason; "" when it
+    can. The one place the refusals are worded: qsp-compile's option check
+    (:class:`qsp.compile.hls4ml_project.CompileOptions`) and its project writer raise
+    :class:`~qsp.errors.ConfigError` with it before hls4ml is called."""
+    where = f" for {board.name}" if board is not None else ""
+    if strategy == "resource_unrolled" and accelerator(board):
+        return (f"--strategy resource_unrolled cannot be built{where}: hls4ml 1.3.0's VivadoAccelerator backend "
+                f"(the board's accelerator project, hls4ml board {board.hls4ml_board!r}) rejects it "
+                "('Unexpected backend VivadoAccelerator in GenerateUnrolledDenseResource'); use --strategy "
+                "Resource or auto")
+    if strategy == "distributed_arithmetic" and installed and not da4ml_available():
+        return (f"--strategy distributed_arithmetic cannot be built{where}: hls4ml needs da4ml for it, "
+                "which is not installed here (pip install 'hls4ml[da]==1.3.0')")
+    return ""
 
 
 # ----------------------------------------------------------------------------- reuse factors

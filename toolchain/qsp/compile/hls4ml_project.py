@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import hardware
-from ..errors import ConfigError
+from ..errors import ConfigError, QspError
 from ..hardware import SPARSE_RU, LayerStrategy, da4ml_available  # noqa: F401 - re-exported
 from .precision import PrecisionPlan
 
@@ -65,19 +65,15 @@ class CompileOptions:
             raise ConfigError(f"--io-type {self.io_type!r}: choose one of {list(IO_TYPES)}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"--strategy {self.strategy!r}: choose one of {list(STRATEGIES)}")
-        if self.strategy == "distributed_arithmetic" and not da4ml_available():
-            raise ConfigError("--strategy distributed_arithmetic needs da4ml: pip install 'hls4ml[da]==1.3.0'")
         if isinstance(self.board, str):
             from ..boards import get_board
 
             self.board = get_board(self.board)
         if self.board is not None and self.dsp_budget is None:
             self.dsp_budget = self.board.dsp
-        if self.strategy == "resource_unrolled" and self.accelerator:
-            raise ConfigError(f"--strategy resource_unrolled cannot be built for {self.board.name}: hls4ml 1.3.0's "
-                              "VivadoAccelerator backend (the board's accelerator project) rejects it "
-                              "('Unexpected backend VivadoAccelerator in GenerateUnrolledDenseResource'); use "
-                              "--strategy Resource or auto")
+        why = hardware.unbuildable_reason(self.strategy, self.board)
+        if why:  # refused up front, before hls4ml is called (tests/test_board_matrix.py)
+            raise ConfigError(why)
         if self.cxx_opt_level not in (0, 1, 2, 3):
             raise ConfigError(f"C++ optimisation level {self.cxx_opt_level!r}: choose one of 0, 1, 2, 3")
 
@@ -242,9 +238,35 @@ def convert(model, bundle, cfg: dict, opts: CompileOptions, out_dir: Path, backe
         kw["output_data_tb"] = str(tb_output)
     if board is not None:
         kw["board"] = board
-    hm = hls4ml.converters.convert_from_pytorch_model(model, **kw)
-    hm.write()
+    be = kw["backend"]
+    if be == "VivadoAccelerator":
+        _check_accelerator_config(cfg, board)
+    try:
+        hm = hls4ml.converters.convert_from_pytorch_model(model, **kw)
+        hm.write()
+    except QspError:
+        raise
+    except Exception as e:  # hls4ml raises bare Exceptions; never show its traceback as qsp's answer
+        strategies = sorted({str(v.get("Strategy", "Latency")) for v in cfg.get("LayerName", {}).values()
+                             if isinstance(v, dict) and "Strategy" in v})
+        raise QspError(f"hls4ml 1.3.0's {be} backend could not write the project in {out_dir}"
+                        + (f" for board {board!r}" if board else "")
+                        + f" ({opts.io_type}, strategies {strategies}): {type(e).__name__}: {e}") from e
     return hm
+
+
+def _check_accelerator_config(cfg: dict, board: str | None) -> None:
+    """Refuse, before hls4ml is called, a config that hls4ml 1.3.0's VivadoAccelerator
+    backend cannot build (resource_unrolled layers: only reachable through the Python API
+    with an ``accelerator_board`` but no ``CompileOptions.board``; qsp-compile's options and
+    rule never produce it)."""
+    bad = sorted(k for k, v in cfg.get("LayerName", {}).items()
+                 if isinstance(v, dict) and str(v.get("Strategy", "")).lower() in ("resource_unrolled", "unrolled"))
+    if bad:
+        raise ConfigError(f"layers {bad} use resource_unrolled, which the VivadoAccelerator project for board "
+                          f"{board!r} cannot build: hls4ml 1.3.0's VivadoAccelerator backend rejects it "
+                          "('Unexpected backend VivadoAccelerator in GenerateUnrolledDenseResource'); pass the board "
+                          "as CompileOptions(board=...) so that the strategy rule avoids it, or use Resource")
 
 
 def clean_dir(d: Path) -> Path:
