@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import QspError
+from ..errors import QspError, ToolError
 
 TB_IN = "tb_data/tb_input_features.dat"
 TB_OUT = "tb_data/tb_output_predictions.dat"
@@ -64,6 +65,8 @@ CXX = "g++"
 
 
 def _supports(flag: str) -> bool:
+    if shutil.which(CXX) is None:
+        raise ToolError(f"{CXX} not found on PATH: the C simulation needs a C++ compiler (apt-get install g++)")
     p = subprocess.run([CXX, "-Werror", "-fsyntax-only", flag, "-xc++", "-", "-o", "/dev/null"], input="",
                        capture_output=True, text=True)
     return p.returncode == 0
@@ -185,7 +188,7 @@ def start_build(project: Path, project_name: str = "myproject", opt_level: int =
 def finish_build(proc: subprocess.Popen, project: Path, progress=None) -> None:
     out, _ = proc.communicate()
     if proc.returncode != 0:
-        raise QspError(f"g++ build of the standalone testbench in {project} failed:\n{out[-4000:]}")
+        raise ToolError(f"g++ build of the standalone testbench in {project} failed:\n{out[-4000:]}")
 
 
 def run(project: Path, n_out: int, progress=None) -> np.ndarray:
@@ -194,8 +197,8 @@ def run(project: Path, n_out: int, progress=None) -> np.ndarray:
     (project / RESULTS).unlink(missing_ok=True)
     p = subprocess.run(["./csim_tb"], cwd=project, capture_output=True, text=True)
     if p.returncode != 0:
-        raise QspError(f"the standalone testbench in {project} failed (exit {p.returncode}):\n{p.stdout[-2000:]}"
-                       f"{p.stderr[-2000:]}")
+        raise ToolError(f"the standalone testbench in {project} failed (exit {p.returncode}):\n{p.stdout[-2000:]}"
+                        f"{p.stderr[-2000:]}")
     if progress:
         progress(f"csim testbench ran in {time.perf_counter() - t0:.1f} s")
     return read_results(project / RESULTS, n_out)

@@ -176,7 +176,7 @@ def build(hm, project: Path, opts: CompileOptions) -> None:
     ONE compile of the firmware: qsp's build_lib.sh (csim.write_build_script), run and
     loaded by hls4ml's own ``_compile()``. For a build_lib.sh layout qsp does not know, the
     testbench is built separately beside hls4ml's script."""
-    from ..errors import QspError
+    from ..errors import ToolError
 
     once = csim.write_build_script(project, opts.project_name, opts.testbench, opts.cxx_opt_level)
     tb_proc = csim.start_build(project, opts.project_name, opts.cxx_opt_level) if opts.testbench and not once else None
@@ -186,11 +186,11 @@ def build(hm, project: Path, opts: CompileOptions) -> None:
         if tb_proc is not None:
             tb_proc.kill()
             tb_proc.wait()
-        raise QspError(f"the C++ build in {project} failed ({e}); rerun {project}/build_lib.sh to see g++'s errors") from e
+        raise ToolError(f"the C++ build in {project} failed ({e}); rerun {project}/build_lib.sh to see g++'s errors") from e
     if tb_proc is not None:
         csim.finish_build(tb_proc, project)
     if opts.testbench and not (project / "csim_tb").exists():
-        raise QspError(f"{project}/build_lib.sh did not produce the standalone testbench csim_tb")
+        raise ToolError(f"{project}/build_lib.sh did not produce the standalone testbench csim_tb")
 
 
 def build_library(hm) -> None:
