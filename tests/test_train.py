@@ -163,7 +163,7 @@ def test_cli_errors_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "epochs" in err and "Traceback" not in err
     assert main(["--task", "custom", "--data-dir", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "o"),
-                 *QUIET]) == 1
+                 *QUIET]) == 2  # missing data: bad input, like a bad config (README "Exit status")
     err = capsys.readouterr().err
     assert "nope.npz" in err and "Traceback" not in err
 

@@ -111,9 +111,12 @@ def main(argv=None) -> int:
     import argparse
     import sys
 
-    from .errors import QspError
+    from .cli import add_version, with_exit_status
+    from .errors import QspError, exit_code
 
-    ap = argparse.ArgumentParser(prog="python -m qsp.deploy", description="assemble a deploy package")
+    ap = argparse.ArgumentParser(prog="python -m qsp.deploy", description="assemble a deploy package",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=with_exit_status(None))
+    add_version(ap)
     ap.add_argument("bundle")
     ap.add_argument("--board", default="pynq-z2")
     ap.add_argument("--project", default=None, help="compiled VivadoAccelerator project (formats, tb_data)")
@@ -124,7 +127,7 @@ def main(argv=None) -> int:
         out = assemble(a.bundle, a.board, a.out, a.project, a.interface)
     except QspError as e:
         print(f"qsp.deploy: error: {e}", file=sys.stderr)
-        return 2
+        return exit_code(e)
     print(f"deploy package for {a.board} in {out}")
     return 0
 

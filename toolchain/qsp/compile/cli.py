@@ -5,7 +5,7 @@ Writes into DIR: ``hls4ml_prj/`` (the HLS project), ``accelerator_prj/`` (hls4ml
 VivadoAccelerator project, for boards it knows), ``hls4ml_config.yaml`` (the qspec-derived
 config, reusable with hls4ml), ``precision.txt``, ``model.onnx`` and ``verify.json``.
 Exit status: 0 verified, 1 verification failed (per-layer report in verify.json), 2 bad
-input (bundle, board, option)."""
+input (bundle, board, option), 3 a tool failed (g++ missing, C++ build failed)."""
 from __future__ import annotations
 
 import argparse
@@ -13,13 +13,16 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import QspError, VerificationError
+from ..cli import add_version, with_exit_status
+from ..errors import QspError, VerificationError, exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .hls4ml_project import BACKENDS, IO_TYPES, STRATEGIES
 
-    ap = argparse.ArgumentParser(prog="qsp-compile", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="qsp-compile", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=with_exit_status(None))
+    add_version(ap)
     ap.add_argument("bundle", help="bundle directory (from qsp-train) or its run directory")
     ap.add_argument("--board", default="pynq-z2", help="board name from boards/ (default pynq-z2; 'pynq' is an alias)")
     ap.add_argument("--out", default=None, help="output directory (default: <bundle>/../hls)")
@@ -101,7 +104,7 @@ def main(argv=None) -> int:
         return run(a)
     except QspError as e:
         print(f"qsp-compile: error: {e}", file=sys.stderr)
-        return 2
+        return exit_code(e)
 
 
 if __name__ == "__main__":

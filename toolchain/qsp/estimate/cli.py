@@ -10,11 +10,14 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import QspError
+from ..cli import add_version, with_exit_status
+from ..errors import QspError, exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qsp-estimate", description=__doc__)
+    p = argparse.ArgumentParser(prog="qsp-estimate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=with_exit_status(None))
+    add_version(p)
     p.add_argument("bundle", help="bundle directory (or a run directory holding bundle/)")
     p.add_argument("--board", default="all", help="'all' (default) or a board name/alias/file (e.g. pynq-z2)")
     p.add_argument("--out", default=None, help="write estimate.json and report.html here")
@@ -57,7 +60,7 @@ def main(argv=None) -> int:
         return 0
     except QspError as e:
         print(f"qsp-estimate: error: {e}", file=sys.stderr)
-        return 2
+        return exit_code(e)
 
 
 def _runs_folder(bundle: Path) -> Path | None:

@@ -2,8 +2,8 @@
 
 Every key of :class:`~qsp.train.config.TrainConfig` is a flag (``weight_bits`` ->
 ``--weight-bits``); a YAML file given with ``--config`` sets keys first and flags override
-it. Errors of qsp's own are printed without a traceback (exit 2 for configuration errors,
-1 for others).
+it. Errors of qsp's own are printed without a traceback; exit statuses: qsp.cli.EXIT_STATUS
+(2 for bad input: arguments, config, data; 1 when the model cannot be trained or training fails).
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import sys
 import typing
 from dataclasses import fields
 
-from ..errors import ConfigError, QspError
+from ..cli import add_version, with_exit_status
+from ..errors import EXIT_FAILED, ConfigError, QspError, exit_code
 from .config import TrainConfig, _resolve_type, load_yaml
 
 EXAMPLES = """\
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="qsp-train", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a quantized and pruned model (weights and activations) and write the bundle "
                     "that qsp-compile turns into a bit-exact HLS project.",
-        epilog=EXAMPLES)
+        epilog=with_exit_status(EXAMPLES))
+    add_version(p)
     p.add_argument("--config", metavar="FILE", help="YAML file of config keys (the names below with underscores); "
                                                     "flags override it")
     p.add_argument("--print-config", action="store_true",
@@ -66,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         if f.name == "progress":
             p.add_argument("--no-progress", dest=f.name, action="store_const", const="false", default=None,
-                           help="no progress bars (key: progress: false)")
+                           help="no progress bars (nor progress lines when stdout is not a terminal; "
+                                "key: progress: false)")
             continue
         mv = "|".join(choices[f.name]) if choices.get(f.name) else _metavar(f)
         if f.name == "model":
@@ -105,12 +108,9 @@ def main(argv=None) -> int:
         with session(cfg.device):  # torchrun: the process group around the run (no-op otherwise)
             run(cfg, explicit)
         return 0
-    except ConfigError as e:
-        print(f"qsp-train: error: {e}", file=sys.stderr)
-        return 2
     except QspError as e:
         print(f"qsp-train: error: {e}", file=sys.stderr)
-        return 1
+        return exit_code(e, other=EXIT_FAILED)
     except KeyboardInterrupt:
         print("qsp-train: interrupted; continue with qsp-train --resume --out <run dir>", file=sys.stderr)
         return 130
