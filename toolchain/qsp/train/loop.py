@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,9 @@ from .models import build_model
 LOG_FIELDS = ("epoch", "step", "train_loss", "val_metric", "weight_sparsity", "act_sparsity", "quant_on", "lr",
               "seconds")
 LOSSES = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
+#: seconds between progress lines when stdout is not a terminal (tqdm's bars are for terminals);
+#: the environment variable QSP_PROGRESS_SECONDS overrides it
+PROGRESS_SECONDS = 10.0
 
 
 @dataclass
@@ -219,6 +224,10 @@ class Trainer:
         t0 = time.perf_counter() - elapsed
         val_metric = log[-1]["val_metric"] if log else float("nan")
         stopped = False
+        # stdout piped or redirected: a plain line every PROGRESS_SECONDS (the first after one step)
+        lines = self.progress and self.is_main and not _isatty(sys.stdout)
+        every = _progress_seconds()
+        next_line = 0.0
         while epoch < cfg.epochs and not stopped:
             order = self.epoch_indices(epoch)
             bar = tqdm(total=self.steps_per_epoch, initial=b0, disable=None if (self.progress and self.is_main) else True,
@@ -232,6 +241,11 @@ class Trainer:
                 bar.update(1)
                 if b % 10 == 0 or b == self.steps_per_epoch - 1:
                     bar.set_postfix(self._postfix(loss_sum / max(1, loss_count), val_metric), refresh=False)
+                if lines and time.perf_counter() >= next_line:
+                    tqdm.write(self._progress_line(epoch, b + 1, step, loss_sum / max(1, loss_count), val_metric,
+                                                   time.perf_counter() - t0), file=sys.stdout)
+                    sys.stdout.flush()
+                    next_line = time.perf_counter() + every
                 last_in_epoch = b == self.steps_per_epoch - 1
                 if cfg.max_steps is not None and step >= cfg.max_steps and not last_in_epoch:
                     self.save(epoch=epoch, batch=b + 1, step=step, loss_sum=loss_sum, loss_count=loss_count,
@@ -253,7 +267,8 @@ class Trainer:
                    "lr": self.lr_at(step), "seconds": round(time.perf_counter() - t0, 3)}
             log.append(row)
             if self.is_main and self.progress:
-                tqdm.write(self._epoch_line(row))
+                tqdm.write(self._epoch_line(row), file=sys.stdout)
+                sys.stdout.flush()
             epoch, b0, loss_sum, loss_count = epoch + 1, 0, 0.0, 0
             self.save(epoch=epoch, batch=0, step=step, loss_sum=0.0, loss_count=0, log=log,
                       elapsed=time.perf_counter() - t0)
@@ -274,6 +289,14 @@ class Trainer:
             d["quant"] = "on" if st["quant_on"] else "off"
         return d
 
+    def _progress_line(self, epoch: int, b: int, step: int, loss: float, metric: float, seconds: float) -> str:
+        """One line of progress for a non-terminal stdout: where, running loss, last validation
+        metric, elapsed time."""
+        val = "-" if math.isnan(metric) else f"{metric:.2f}"
+        return (f"{self.tag + ' ' if self.tag else ''}progress: epoch {epoch + 1}/{self.cfg.epochs}  "
+                f"step {b}/{self.steps_per_epoch} ({step}/{self.total_steps} total)  loss {loss:.4f}  "
+                f"val {self.task.metric} {val}  {seconds:.0f} s")
+
     def _epoch_line(self, r) -> str:
         s = (f"{self.tag + ' ' if self.tag else ''}epoch {r['epoch']:>3}/{self.cfg.epochs}  step {r['step']:>6}  "
              f"loss {r['train_loss']:.4f}  val {self.task.metric} {r['val_metric']:.2f}")
@@ -281,3 +304,17 @@ class Trainer:
             s += (f"  w_sparsity {r['weight_sparsity']:.3f}  a_sparsity {r['act_sparsity']:.3f}  "
                   f"quant {'on' if r['quant_on'] else 'off'}")
         return s
+
+
+def _progress_seconds() -> float:
+    try:
+        return float(os.environ.get("QSP_PROGRESS_SECONDS", PROGRESS_SECONDS))
+    except ValueError:
+        return PROGRESS_SECONDS
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
