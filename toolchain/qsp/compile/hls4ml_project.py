@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import hardware
-from ..errors import ConfigError, QspError
+from ..errors import ConfigError, QspError, ToolError
 from ..hardware import SPARSE_RU, LayerStrategy, da4ml_available  # noqa: F401 - re-exported
 from .precision import PrecisionPlan
 
@@ -249,7 +249,7 @@ def convert(model, bundle, cfg: dict, opts: CompileOptions, out_dir: Path, backe
     except Exception as e:  # hls4ml raises bare Exceptions; never show its traceback as qsp's answer
         strategies = sorted({str(v.get("Strategy", "Latency")) for v in cfg.get("LayerName", {}).values()
                              if isinstance(v, dict) and "Strategy" in v})
-        raise QspError(f"hls4ml 1.3.0's {be} backend could not write the project in {out_dir}"
+        raise ToolError(f"hls4ml 1.3.0's {be} backend could not write the project in {out_dir}"
                         + (f" for board {board!r}" if board else "")
                         + f" ({opts.io_type}, strategies {strategies}): {type(e).__name__}: {e}") from e
     return hm
