@@ -31,7 +31,8 @@ from torch import fx, nn
 
 from .. import fixedpoint as fp
 from ..errors import ConfigError, UnsupportedLayerError
-from ..nn.capture import (ADD_FUNCS, CAT_FUNCS, POOL_FUNCS, POOL_MODULES, capture, drop_node, modules_in_order,
+from ..nn.capture import (ADD_FUNCS, CAT_FUNCS, POOL_FUNCS, POOL_MODULES, capture, drop_node, fresh_name,
+                          graph_changed, modules_in_order, put_module,
                           weight_bn_pairs)
 from .graph import analyze, is_quantizer, module_of, tensor_users, unit_kind
 from .layers import DJPQLayer
@@ -119,32 +120,10 @@ def _act_unsigned(m: nn.Module) -> bool | None:
     return None
 
 
-def _has(model: nn.Module, target: str) -> bool:
-    try:
-        model.get_submodule(target)
-        return True
-    except AttributeError:
-        return False
 
 
-def _set(gm: nn.Module, target: str, mod: nn.Module | None, model: nn.Module) -> None:
-    """Put ``mod`` at ``target`` in the graph module and in the user's model (``None``: a
-    folded BatchNorm, which becomes the identity in the user's model)."""
-    parent, _, key = target.rpartition(".")
-    for root in (gm, model):
-        if mod is None and root is gm and root is not model:
-            gm.delete_submodule(target)
-            continue
-        if _has(root, target):
-            setattr(root.get_submodule(parent) if parent else root, key, nn.Identity() if mod is None else mod)
 
 
-def _fresh_name(gm: nn.Module, base: str) -> str:
-    name, k = base, 1
-    while _has(gm, name):
-        k += 1
-        name = f"{base}_{k}"
-    return name
 
 
 def _nonneg(gm: nn.Module, node) -> bool:
@@ -218,7 +197,7 @@ def _unquantized_inputs(gm: fx.GraphModule) -> list:
 
 
 def _insert_quant(gm: fx.GraphModule, node, cfg: "DJPQConfig") -> None:
-    name = _fresh_name(gm, f"{node.name}_quant")
+    name = fresh_name(gm, f"{node.name}_quant")
     q = LearnedQuantizer(not _nonneg(gm, node), init_quantile=cfg.act_init_quantile, **cfg.quant_kw())
     gm.add_submodule(name, q)
     with gm.graph.inserting_after(node):
@@ -234,7 +213,7 @@ def convert(model: nn.Module, input_shape=None, cfg: DJPQConfig | None = None, *
     if overrides:
         cfg = cfg.with_(**overrides)
     gm = capture(model)
-    changed = any(n.op == "call_module" and not _has(model, n.target) for n in gm.graph.nodes)
+    changed = graph_changed(gm, model)
     calls = list(modules_in_order(gm))
     uses = Counter(n.target for n, _ in calls)
     weights = [(n.target, m) for n, m in calls if isinstance(m, WEIGHT_LAYERS)]
@@ -247,11 +226,11 @@ def convert(model: nn.Module, input_shape=None, cfg: DJPQConfig | None = None, *
     bn_of = weight_bn_pairs(gm)
     for name, mod in weights:
         bn = gm.get_submodule(bn_of[name]) if name in bn_of else None
-        _set(gm, name, DJPQLayer(mod, gate=False, bias_bits=cfg.bias_bits, gate_kw=cfg.gate_kw(),
+        put_module(gm, name, DJPQLayer(mod, gate=False, bias_bits=cfg.bias_bits, gate_kw=cfg.gate_kw(),
                                  quant_kw=cfg.quant_kw(), name=name, bn=bn), model)
         if bn is not None:
             drop_node(gm, bn_of[name])
-            _set(gm, bn_of[name], None, model)
+            put_module(gm, bn_of[name], None, model)
     seen = set()
     for node, mod in calls:
         unsigned = _act_unsigned(mod)
@@ -259,9 +238,9 @@ def convert(model: nn.Module, input_shape=None, cfg: DJPQConfig | None = None, *
             continue
         q = LearnedQuantizer(not unsigned, init_quantile=cfg.act_init_quantile, **cfg.quant_kw())
         if node.target not in seen and uses[node.target] == 1:
-            _set(gm, node.target, nn.Sequential(OrderedDict([("act", mod), ("quant", q)])), model)
+            put_module(gm, node.target, nn.Sequential(OrderedDict([("act", mod), ("quant", q)])), model)
         else:  # an activation module called more than once: each call gets its own quantizer
-            name = _fresh_name(gm, f"{node.name}_act")
+            name = fresh_name(gm, f"{node.name}_act")
             gm.add_submodule(name, nn.Sequential(OrderedDict([("act", copy.deepcopy(mod)), ("quant", q)])))
             node.target = name
             changed = True

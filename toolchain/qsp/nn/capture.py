@@ -100,12 +100,39 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, name)
 
 
-def _fresh_name(gm: fx.GraphModule, base: str) -> str:
+def has_module(model: nn.Module, target: str) -> bool:
+    try:
+        model.get_submodule(target)
+        return True
+    except AttributeError:
+        return False
+
+
+def fresh_name(gm: nn.Module, base: str) -> str:
+    """``base``, or ``base_2``, ``base_3``, ... : a submodule name not yet taken."""
     name, k = base, 1
-    while hasattr(gm, name):
+    while has_module(gm, name) or hasattr(gm, name):
         k += 1
         name = f"{base}_{k}"
     return name
+
+
+def put_module(gm: fx.GraphModule, target: str, mod: nn.Module | None, model: nn.Module) -> None:
+    """Put ``mod`` at ``target`` in the graph module and in the user's model (``None``: a
+    folded BatchNorm: removed from the graph module, the identity in the user's model)."""
+    parent, _, key = target.rpartition(".")
+    for root in (gm, model):
+        if mod is None and root is gm and root is not model:
+            gm.delete_submodule(target)
+            continue
+        if has_module(root, target):
+            setattr(root.get_submodule(parent) if parent else root, key, nn.Identity() if mod is None else mod)
+
+
+def graph_changed(gm: fx.GraphModule, model: nn.Module) -> bool:
+    """Whether the captured graph calls a module the user's model does not have (then the
+    graph module, not the user's module, is what runs)."""
+    return any(n.op == "call_module" and not has_module(model, n.target) for n in gm.graph.nodes)
 
 
 def capture(model: nn.Module) -> fx.GraphModule:
@@ -119,7 +146,7 @@ def capture(model: nn.Module) -> fx.GraphModule:
         key = node.target
         if key in _ACT_FUNCS:
             mod = _ACT_FUNCS[key](node.args, node.kwargs)
-            name = _fresh_name(gm, node.name)
+            name = fresh_name(gm, node.name)
             gm.add_submodule(name, mod)
             with g.inserting_after(node):
                 new = g.call_module(name, (node.args[0],))

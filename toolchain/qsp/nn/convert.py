@@ -10,7 +10,8 @@ from typing import Sequence
 from torch import fx, nn
 
 from .. import fixedpoint as fp
-from .capture import ADD_FUNCS, CAT_FUNCS, POOL_FUNCS, POOL_MODULES, capture, drop_node, modules_in_order, weight_bn_pairs
+from .capture import (ADD_FUNCS, CAT_FUNCS, POOL_FUNCS, POOL_MODULES, capture, drop_node, fresh_name, graph_changed,
+                      modules_in_order, put_module, weight_bn_pairs)
 from .layers import QLayer, prune, quantize
 from .ops import ActivationPruner, Quantizer
 from .state import check_sparsity
@@ -176,7 +177,7 @@ def convert(model: nn.Module, plan: Plan | None = None, **overrides) -> nn.Modul
     gm, weights, acts = _graph_parts(model)
     # the user's module is used (changed in place) when the captured graph calls exactly its
     # modules; otherwise (functional activations, joins to quantize) the graph module is
-    graph_changed = any(n.op == "call_module" and not _has(model, n.target) for n in gm.graph.nodes)
+    changed = graph_changed(gm, model)
     weight_names = [n for n, _ in weights]
     dense = set()
     for d in plan.dense:
@@ -219,19 +220,19 @@ def convert(model: nn.Module, plan: Plan | None = None, **overrides) -> nn.Modul
                                               per_channel=plan.per_channel, signed=True, **qkw))
         for s in (steps if p_first else steps[::-1]):
             s(q)
-        _set(gm, name, q, model)
+        put_module(gm, name, q, model)
         if bn is not None:
             drop_node(gm, bn_of[name])
-            _set(gm, bn_of[name], None, model)
+            put_module(gm, bn_of[name], None, model)
     if plan.quantize_activations:
         for name, mod in acts:
             if isinstance(mod, nn.LeakyReLU):  # train with the slope the hardware uses
                 mod.negative_slope = fp.leaky_slope(float(mod.negative_slope))[0]
             if selected(name):
-                _set(gm, name, nn.Sequential(OrderedDict([("act", mod)] + act_ops(name, not ACTIVATIONS[type(mod)]))),
+                put_module(gm, name, nn.Sequential(OrderedDict([("act", mod)] + act_ops(name, not ACTIVATIONS[type(mod)]))),
                      model)
         joins = _join_quant_targets(gm)
-        graph_changed |= bool(joins)
+        changed |= bool(joins)
         for node in joins:
             name = f"{node.name}_quant"
             if not selected(name):
@@ -242,31 +243,15 @@ def convert(model: nn.Module, plan: Plan | None = None, **overrides) -> nn.Modul
             node.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
         gm.graph.lint()
         gm.recompile()
-    net = gm if graph_changed else model
+    net = gm if changed else model
     if plan.input_bits is None:
         return net
     inq = quantize(bits=plan.input_bits, signed=plan.input_signed, **qkw)
     return nn.Sequential(OrderedDict([("input_quant", inq), ("net", net)]))
 
 
-def _has(model: nn.Module, target: str) -> bool:
-    try:
-        model.get_submodule(target)
-        return True
-    except AttributeError:
-        return False
 
 
-def _set(gm: nn.Module, target: str, mod: nn.Module | None, model: nn.Module) -> None:
-    """Put ``mod`` at ``target`` in the graph module and in the user's model (``None``: a
-    folded BatchNorm, which becomes the identity in the user's model)."""
-    parent, _, key = target.rpartition(".")
-    for root in (gm, model):
-        if mod is None and root is gm and root is not model:
-            gm.delete_submodule(target)
-            continue
-        if _has(root, target):
-            setattr(root.get_submodule(parent) if parent else root, key, nn.Identity() if mod is None else mod)
 
 
 def qsp_modules(model: nn.Module):
