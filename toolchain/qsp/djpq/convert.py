@@ -31,9 +31,8 @@ from torch import fx, nn
 
 from .. import fixedpoint as fp
 from ..errors import ConfigError, UnsupportedLayerError
-from ..nn.capture import (ADD_FUNCS, CAT_FUNCS, POOL_FUNCS, POOL_MODULES, capture, drop_node, fresh_name,
-                          graph_changed, modules_in_order, put_module,
-                          weight_bn_pairs)
+from ..nn.capture import (ADD_FUNCS, CAT_FUNCS, capture, drop_node, fresh_name, graph_changed, join_nodes,
+                          modules_in_order, put_module, weight_bn_pairs)
 from .graph import analyze, is_quantizer, module_of, tensor_users, unit_kind
 from .layers import DJPQLayer
 from .quant import LearnedQuantizer
@@ -155,24 +154,6 @@ def _read_by_activation_alone(gm, node) -> bool:
     return isinstance(m, nn.Sequential) and "act" in m._modules or _act_unsigned(m) is not None
 
 
-def _join_targets(gm: fx.GraphModule) -> list:
-    """add / concatenation / average-pooling nodes whose value is not read by an activation
-    alone (the rule of :func:`qsp.convert`)."""
-    out = []
-    for node in gm.graph.nodes:
-        if node.op in ("call_function", "call_method"):
-            if node.target not in ADD_FUNCS and node.target not in CAT_FUNCS and node.target not in POOL_FUNCS:
-                continue
-        elif node.op == "call_module":
-            if not isinstance(gm.get_submodule(node.target), POOL_MODULES):
-                continue
-        else:
-            continue
-        if not _read_by_activation_alone(gm, node):
-            out.append(node)
-    return out
-
-
 def _unquantized_inputs(gm: fx.GraphModule) -> list:
     """Values a weight layer reads (through flatten, max pooling, identities) that no
     quantizer produced and that are not the graph input: they get a quantizer, so every
@@ -245,7 +226,7 @@ def convert(model: nn.Module, input_shape=None, cfg: DJPQConfig | None = None, *
             node.target = name
             changed = True
         seen.add(node.target)
-    joins = _join_targets(gm)
+    joins = join_nodes(gm, lambda n: _read_by_activation_alone(gm, n))
     for node in joins:
         _insert_quant(gm, node, cfg)
     raw = _unquantized_inputs(gm)

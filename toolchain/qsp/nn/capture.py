@@ -203,3 +203,24 @@ CAT_FUNCS = {torch.cat, torch.concat}
 #: average pooling (its value gets a quantizer in qsp.convert)
 POOL_FUNCS = {F.avg_pool2d, F.adaptive_avg_pool2d, "mean", torch.mean}
 POOL_MODULES = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+
+
+def join_nodes(gm: fx.GraphModule, read_alone_ok) -> list[fx.Node]:
+    """add / concatenation / average-pooling nodes that need an activation quantizer of
+    their own: every one except those whose value only ``read_alone_ok(node)`` says is
+    read by an activation alone. The one rule for qsp.convert and qsp.djpq.convert (a
+    residual stream stays narrow; a mean over a window that is not a power of two is not a
+    fixed-point value until it is quantized)."""
+    out = []
+    for node in gm.graph.nodes:
+        if node.op in ("call_function", "call_method"):
+            if node.target not in ADD_FUNCS and node.target not in CAT_FUNCS and node.target not in POOL_FUNCS:
+                continue
+        elif node.op == "call_module":
+            if not isinstance(gm.get_submodule(node.target), POOL_MODULES):
+                continue
+        else:
+            continue
+        if not read_alone_ok(node):
+            out.append(node)
+    return out

@@ -10,7 +10,7 @@ from typing import Sequence
 from torch import fx, nn
 
 from .. import fixedpoint as fp
-from .capture import (ADD_FUNCS, CAT_FUNCS, POOL_FUNCS, POOL_MODULES, capture, drop_node, fresh_name, graph_changed,
+from .capture import (capture, drop_node, fresh_name, graph_changed, join_nodes,
                       modules_in_order, put_module, weight_bn_pairs)
 from .layers import QLayer, prune, quantize
 from .ops import ActivationPruner, Quantizer
@@ -133,26 +133,9 @@ def _is_activation(m: nn.Module) -> bool:
     return type(m) in ACTIVATIONS
 
 
-def _join_quant_targets(gm: fx.GraphModule) -> list[fx.Node]:
-    """add / concatenation / average-pooling nodes whose value is not read by an activation
-    module alone: they get an activation quantizer of their own (a residual stream stays
-    narrow; a mean over a window that is not a power of two is not a fixed-point value until
-    it is quantized)."""
-    out = []
-    for node in gm.graph.nodes:
-        if node.op in ("call_function", "call_method"):
-            if node.target not in ADD_FUNCS and node.target not in CAT_FUNCS and node.target not in POOL_FUNCS:
-                continue
-        elif node.op == "call_module":
-            if not isinstance(gm.get_submodule(node.target), POOL_MODULES):
-                continue
-        else:
-            continue
-        users = list(node.users)
-        if len(users) == 1 and users[0].op == "call_module" and _is_activation(gm.get_submodule(users[0].target)):
-            continue
-        out.append(node)
-    return out
+def _read_by_activation_alone(gm: fx.GraphModule, node: fx.Node) -> bool:
+    users = list(node.users)
+    return len(users) == 1 and users[0].op == "call_module" and _is_activation(gm.get_submodule(users[0].target))
 
 
 def convert(model: nn.Module, plan: Plan | None = None, **overrides) -> nn.Module:
@@ -231,7 +214,7 @@ def convert(model: nn.Module, plan: Plan | None = None, **overrides) -> nn.Modul
             if selected(name):
                 put_module(gm, name, nn.Sequential(OrderedDict([("act", mod)] + act_ops(name, not ACTIVATIONS[type(mod)]))),
                      model)
-        joins = _join_quant_targets(gm)
+        joins = join_nodes(gm, lambda n: _read_by_activation_alone(gm, n))
         changed |= bool(joins)
         for node in joins:
             name = f"{node.name}_quant"
