@@ -406,3 +406,26 @@ def test_leaky_relu_trained_slope_is_the_exported_one():
     with torch.no_grad():
         ref = q(x).double().numpy()
     assert np.array_equal(emulate(b, x.numpy()), ref)
+
+
+def test_three_input_add_is_refused_by_compile_not_by_emulation():
+    """hls4ml joins two tensors at a time: a 3-input add emulates, but qsp-compile refuses
+    it with the node named (before any hls4ml call)."""
+    from qsp.bundle import AddNode
+    from qsp.compile.deploy import build_deploy_model
+    from qsp.compile.pipeline import prepare
+    from tests.graphs import make, quant
+
+    s = [2, 2, 2]
+    nodes = [quant("input_quant", s, 8, 4), quant("q1", s, 6, 2), quant("q2", s, 6, 3),
+             AddNode(name="add1", in_shape=s, out_shape=s, inputs=["input_quant", "q1", "q2"])]
+    nodes[1].inputs = nodes[2].inputs = ["input_quant"]
+    b = make(nodes, {})
+    x = np.random.default_rng(0).uniform(-3, 3, (4, 2, 2, 2))
+    y = emulate(b, x)
+    t = emulate(b, x, trace=True)
+    assert np.array_equal(y, t["input_quant"] + t["q1"] + t["q2"])
+    b.test_x = x.astype(np.float32)
+    _, tx, _, plan = prepare(b)
+    with pytest.raises(UnsupportedLayerError, match="'add1' \\(add\\): hls4ml joins two tensors"):
+        build_deploy_model(tx, plan)

@@ -82,22 +82,14 @@ def _leaky(bundle, n):
     return nn.LeakyReLU(float(n.slope))
 
 
-@builds("add")
-def _add(bundle, n):
-    from .extension import QspAdd
+@builds("add", "concat")
+def _join(bundle, n):
+    """hls4ml's Merge / Concatenate take two inputs; a join of more is refused here."""
+    from .extension import QspAdd, QspConcat
     if len(n.inputs) != 2:
-        raise UnsupportedLayerError(f"node {n.name!r}: hls4ml adds two tensors at a time, this add has "
+        raise UnsupportedLayerError(f"node {n.name!r} ({n.op}): hls4ml joins two tensors at a time, this one has "
                                     f"{len(n.inputs)} inputs")
-    return QspAdd()
-
-
-@builds("concat")
-def _concat(bundle, n):
-    from .extension import QspConcat
-    if len(n.inputs) != 2:
-        raise UnsupportedLayerError(f"node {n.name!r}: hls4ml concatenates two tensors at a time, this one has "
-                                    f"{len(n.inputs)} inputs")
-    return QspConcat()
+    return QspAdd() if n.op == "add" else QspConcat()
 
 
 @builds("clip")
