@@ -14,7 +14,7 @@ from .capture import (capture, drop_node, fresh_name, graph_changed, join_nodes,
                       modules_in_order, put_module, weight_bn_pairs)
 from .layers import QLayer, prune, quantize
 from .ops import ActivationPruner, Quantizer
-from .state import check_sparsity
+from .state import check_nonneg_int, check_quantiles, check_sparsity
 
 ORDERS = ("prune-then-quantize", "quantize-then-prune")
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -85,6 +85,12 @@ class Plan:
         if not isinstance(self.total_steps, int) or self.total_steps < 1:
             raise ValueError(f"total_steps={self.total_steps!r} must be an integer >= 1")
         fp.check_rounding(self.rounding)
+        for k, low in (("prune_start", 0), ("quant_delay", 0), ("prune_interval", 1), ("prune_repetition", 1),
+                       ("window", 1)):
+            if getattr(self, k) is not None:
+                check_nonneg_int(getattr(self, k), k, low)
+        if self.quantiles is not None:
+            check_quantiles(self.quantiles)
 
     def schedule(self) -> Schedule:
         T = self.total_steps

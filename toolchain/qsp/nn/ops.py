@@ -12,7 +12,7 @@ import torch
 
 from .. import fixedpoint as fp
 from ..errors import MaskShapeError
-from .state import (StepCounter, check_nonneg_int, check_sparsity, dist_broadcast_, dist_sum_,
+from .state import (StepCounter, check_nonneg_int, check_quantiles, check_sparsity, dist_broadcast_, dist_sum_,
                     prune_count, schedule_update_index, smallest_mask, zhu_gupta)
 
 
@@ -46,12 +46,7 @@ class Quantizer(StepCounter):
         self.interval = check_nonneg_int(interval, "interval")
         self.signed = bool(signed)
         self.rounding = fp.check_rounding(rounding)
-        if quantiles is not None:
-            ql, qh = (float(q) for q in quantiles)
-            if not 0.0 <= ql < qh <= 1.0:
-                raise ValueError(f"quantiles={tuple(quantiles)!r} must satisfy 0 <= q_low < q_high <= 1")
-            quantiles = (ql, qh)
-        self.quantiles = quantiles
+        self.quantiles = None if quantiles is None else check_quantiles(quantiles)
         self.channel_axis = channel_axis
         self.channels = channels
         self.fixed_frac = frac

@@ -72,6 +72,17 @@ def check_nonneg_int(v, name, low=0):
     return v
 
 
+def check_quantiles(quantiles, name="quantiles"):
+    """``(q_low, q_high)`` as floats with 0 <= q_low < q_high <= 1 (NaN fails), else ValueError."""
+    try:
+        ql, qh = (float(q) for q in quantiles)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={quantiles!r} must be two numbers (q_low, q_high)") from None
+    if not 0.0 <= ql < qh <= 1.0:
+        raise ValueError(f"{name}={tuple(quantiles)!r} must satisfy 0 <= q_low < q_high <= 1")
+    return ql, qh
+
+
 def zhu_gupta(sparsity: float, k: int, repetition: int) -> float:
     """Target sparsity after the k-th of ``repetition`` updates (Zhu & Gupta 2017):
     s_k = s * (1 - (1 - k / repetition)**3)."""

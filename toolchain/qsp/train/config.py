@@ -9,6 +9,7 @@ configuration is written next to the run as ``config.yaml``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -170,6 +171,11 @@ class TrainConfig:
         for k in ("checkpoint_every", "max_test"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"{k}: {getattr(self, k)!r} must be >= 0")
+        for k in ("lr", "weight_decay", "float_metric"):  # nan/inf are never meant
+            if getattr(self, k) is not None and not math.isfinite(getattr(self, k)):
+                raise ConfigError(f"{k}: {getattr(self, k)!r} must be a finite number")
+        if not 0 <= self.seed < 2 ** 32:  # numpy's seeds
+            raise ConfigError(f"seed: {self.seed!r} must be an integer in [0, 2**32)")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr: {self.lr!r} must be > 0")
         if self.weight_decay < 0:
