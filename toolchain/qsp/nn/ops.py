@@ -82,6 +82,11 @@ class Quantizer(StepCounter):
     def _after_load(self):
         self._on = bool(self.enabled)
         self._nstat = 1  # statistics come from the loaded buffer
+        self._final = self._on_for_good()
+
+    def _on_for_good(self) -> bool:
+        """On, with no fraction-bit search ahead (explicit frac, or no repeat interval)."""
+        return self._on and (self.fixed_frac is not None or self.interval == 0)
 
     # ------------------------------------------------------------------ search
     def _view_channels(self, x):
@@ -121,7 +126,7 @@ class Quantizer(StepCounter):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x):
-        if self.training:
+        if self.training and not self._final:
             t = self._t
             self._advance()
             if self.fixed_frac is not None:
@@ -137,10 +142,13 @@ class Quantizer(StepCounter):
                     if not self._on:
                         self._on = True
                         self.enabled.fill_(True)
+            self._final = self._on_for_good()
         if not self._on:
             return x
         if self.channels:
             return fp.quantize_ste(x, self.bits, self.frac, self.signed, self.rounding, channel_axis=self.channel_axis)
+        if torch.compiler.is_compiling():  # the scale is computed in the graph: no .item()
+            return fp.quantize_ste(x, self.bits, self.frac, self.signed, self.rounding)
         return fp.quantize_ste(x, self.bits, self._frac_int(), self.signed, self.rounding)
 
     def _frac_int(self) -> int:
@@ -194,6 +202,7 @@ class WeightPruner(StepCounter):
 
     def _after_load(self):
         self._active = self._t > self.start
+        self._final = self._t > self.start + self.repetition * self.interval
 
     @property
     def target(self) -> float:
@@ -202,7 +211,7 @@ class WeightPruner(StepCounter):
         return zhu_gupta(self.sparsity, k, self.repetition)
 
     def forward(self, w):
-        if self.training:
+        if self.training and not self._final:
             t = self._t
             self._advance()
             k = schedule_update_index(t, self.start, self.interval, self.repetition)
@@ -213,6 +222,7 @@ class WeightPruner(StepCounter):
                     self.mask.copy_(smallest_mask(score, prune_count(s, w.numel())))
                     dist_broadcast_(self.mask)  # identical masks even if weights drifted
                 self._active = True
+            self._final = self._t > self.start + self.repetition * self.interval
         if not self._active:
             return w
         return w * self.mask
@@ -259,6 +269,7 @@ class ActivationPruner(StepCounter):
         self._pos = int(self.ring_pos)
         self._count = int(self.ring_count)
         self._active = self.mask.numel() > 0 and self._t > self.start
+        self._final = self._active and self._t > self.start + self.repetition * self.interval
 
     def _collecting(self, t):
         """True if t is within `window` steps before an update step."""
@@ -284,7 +295,7 @@ class ActivationPruner(StepCounter):
         return self.ring[: self._count].sum(0) if self._count else None
 
     def forward(self, h):
-        if self.training:
+        if self.training and not self._final:
             t = self._t
             self._advance()
             if self._collecting(t):
@@ -300,6 +311,7 @@ class ActivationPruner(StepCounter):
                     s = zhu_gupta(self.sparsity, k, self.repetition)
                     self.mask.copy_(smallest_mask(sal * self.mask, prune_count(s, sal.numel())))
                 self._active = True
+            self._final = self._t > self.start + self.repetition * self.interval
         if not self._active:
             return h
         return h * self.mask_for(h.shape[1:])

@@ -11,13 +11,18 @@ class StepCounter(nn.Module):
     """Base for operators with a training-step schedule.
 
     ``self.t`` is the number of training-mode forward passes seen so far (the step index
-    of the current pass while inside ``forward``). Eval mode never advances it.
+    of the current pass while inside ``forward``). Eval mode never advances it. Once the
+    operator's schedule has no event left (``self._final``: masks and fraction bits fixed for
+    good) it stops counting: nothing depends on the count any more, and a forward that no
+    longer reads or writes a changing Python int lets ``torch.compile`` trace the steady
+    state once, without recompiling on every step.
     """
 
     def __init__(self):
         super().__init__()
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self._t = 0
+        self._final = False
 
     @property
     def t(self) -> int:
