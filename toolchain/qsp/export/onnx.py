@@ -462,15 +462,22 @@ def build_onnx(bundle: Bundle) -> onnx.ModelProto:
     last node; every node's output tensor is named after the node. Nodes run in graph
     order, each reading the tensors of the nodes its ``inputs`` name (``"input"``: the
     graph input); ``add``/``concat`` read all of theirs."""
+    return build_graph_model(bundle, _Builder(), _HANDLERS)
+
+
+def build_graph_model(bundle: Bundle, b: _Builder, handlers: dict, opsets=(), full_check: bool = True,
+                      fmt: str = "qdq") -> onnx.ModelProto:
+    """The walk shared by the QDQ export and :mod:`qsp.export.qonnx`: one group of ONNX
+    nodes per bundle node made by ``handlers[op]`` with builder ``b``, the float64/float32
+    bookkeeping, the node naming and the metadata. ``opsets``: extra opset imports."""
     steps = analyze(bundle)  # also fills the inputs of sequential (schema-1 style) graphs
-    b = _Builder()
     first = bundle.graph[0]
     env: dict[str, _T] = {INPUT_NAME: _T(INPUT_NAME, False, None)}
     layers = []
     y = None
     for st in steps:
         node = st.node
-        fn = _HANDLERS.get(node.op)
+        fn = handlers.get(node.op)
         if fn is None:
             raise UnsupportedLayerError(f"node {node.name!r}: op {node.op!r} has no ONNX export")
         if st.out_info.bound >= F64_EXACT:
@@ -492,11 +499,11 @@ def build_onnx(bundle: Bundle) -> onnx.ModelProto:
     out = b.value_info[y.name]
     graph = helper.make_graph(b.nodes, "qsp", [inp], [out], initializer=b.inits,
                               value_info=[v for k, v in b.value_info.items() if k != y.name])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qsp",
-                              ir_version=IR_VERSION)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)] + list(opsets),
+                              producer_name="qsp", ir_version=IR_VERSION)
     helper.set_model_props(model, {"qsp.nodes": json.dumps([s.node.name for s in steps]),
-                                   "qsp.layers": json.dumps(layers), "qsp.opset": str(OPSET)})
-    onnx.checker.check_model(model, full_check=True)
+                                   "qsp.layers": json.dumps(layers), "qsp.opset": str(OPSET), "qsp.format": fmt})
+    onnx.checker.check_model(model, full_check=full_check)
     return model
 
 
