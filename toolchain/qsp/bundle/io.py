@@ -103,6 +103,10 @@ class Bundle:
     @classmethod
     def read(cls, path, validate: bool = True) -> "Bundle":
         p = Path(path)
+        if p.suffix == ".onnx" and p.is_file():  # a QONNX model made elsewhere (Brevitas, ...)
+            from .qonnx import read_qonnx
+
+            return read_qonnx(p, validate)
         if p.is_dir() and not (p / QSPEC).exists() and (p / "bundle" / QSPEC).exists():
             p = p / "bundle"  # a run directory was given
         if not p.is_dir():
