@@ -147,6 +147,13 @@ def compile_bundle(bundle, out, opts: CompileOptions | None = None, steps=transf
 
         onnx_path = write_onnx(b, out / "model.onnx")
         onnx_out = run_onnx(onnx_path, x)
+        from ..errors import QspError
+        from ..export.qonnx import QONNX_FILE, write_qonnx
+
+        try:  # the same graph with QONNX Quant nodes, for hls4ml's ONNX frontend, FINN, qonnx
+            write_qonnx(b, out / QONNX_FILE)
+        except QspError as e:  # a rounding QONNX cannot express: model.onnx (QDQ) only
+            say(f"no {QONNX_FILE}: {e}")
     except ImportError as e:  # the export module is optional at this stage
         onnx_note = f"not run: {e}"
     t["onnx_s"] = time.perf_counter() - t0
