@@ -9,12 +9,18 @@ Where board files are looked for, first match of a name wins:
    repository root (source tree / editable install); :func:`qsp.resources.data_dir`.
 
 A user adds a board by dropping ``<name>.yaml`` into one of these directories. A file
-whose stem differs from its ``name`` field, a missing or ill-typed field, or inconsistent
-block-RAM figures raise :class:`~qsp.errors.BoardError` naming the file and the field.
+whose stem differs from its ``name`` field, a missing or ill-typed field, a number that is
+not finite (NaN, inf) or not positive where it must be, inconsistent block-RAM figures, or
+a path that is not a regular file raise :class:`~qsp.errors.BoardError` naming the file and
+the field. A name or alias claimed by two files is an error naming both. A malformed file
+fails only the lookups that need it: :func:`all_boards` (``--board all``) skips it with a
+warning on stderr naming the file and the problem.
 """
 from __future__ import annotations
 
+import math
 import os
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
@@ -130,7 +136,9 @@ def _check_fields(d: dict, spec: dict, where: str) -> None:
         if isinstance(v, bool) or not isinstance(v, types):
             want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise BoardError(f"{where}: field {k!r} must be {want}, got {v!r}")
-        if types in (_INT, _NUM) and v < 0:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise BoardError(f"{where}: field {k!r} must be a finite number, got {v!r}")
+        if isinstance(v, (int, float)) and v < 0:
             raise BoardError(f"{where}: field {k!r} must not be negative, got {v!r}")
     unknown = set(d) - set(spec)
     if unknown:
@@ -146,6 +154,9 @@ def board_from_dict(d, where: str = "board") -> Board:
     for k in ("lut", "ff", "dsp", "clock_mhz"):
         if d[k] <= 0:
             raise BoardError(f"{where}: field {k!r} must be positive, got {d[k]!r}")
+    for k in ("size_mb", "bandwidth_gb_s"):
+        if d["offchip"][k] <= 0:
+            raise BoardError(f"{where}: offchip: field {k!r} must be positive, got {d['offchip'][k]!r}")
     if d["bram18k"] != 2 * d["bram36k"]:
         raise BoardError(f"{where}: field 'bram18k' ({d['bram18k']}) must be twice 'bram36k' ({d['bram36k']})")
     mb = d["bram36k"] * BRAM36_KBIT / 1024
@@ -170,15 +181,36 @@ def board_from_dict(d, where: str = "board") -> Board:
         family=d.get("family", ""), dsp_kind=d.get("dsp_kind", "DSP48E2"), notes=d.get("notes") or "")
 
 
+#: (path, mtime_ns, size) -> Board: lookups load every board file (name and alias clashes)
+_LOADED: dict[tuple, Board | BoardError] = {}
+
+
 def load_board(path) -> Board:
     """Read and validate one board file."""
     p = Path(path)
+    if not p.is_file():  # a FIFO or device would block or never end; a directory is no file
+        raise BoardError(f"board file {str(p)!r} is not a regular file" if p.exists()
+                         else f"board file {str(p)!r} does not exist")
+    st = p.stat()
+    key = (str(p), st.st_mtime_ns, st.st_size)
+    if key not in _LOADED:
+        try:
+            _LOADED[key] = _read_board(p)
+        except BoardError as e:
+            _LOADED[key] = e
+    got = _LOADED[key]
+    if isinstance(got, BoardError):
+        raise BoardError(str(got))
+    return got
+
+
+def _read_board(p: Path) -> Board:
     try:
         d = yaml.safe_load(p.read_text())
     except OSError as e:
         raise BoardError(f"board file {str(p)!r} cannot be read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise BoardError(f"board file {p}: not valid YAML ({e})") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+        raise BoardError(f"board file {p}: not valid YAML ({type(e).__name__}: {str(e)[:200]})") from None
     b = board_from_dict(d, f"board file {p}")
     if b.name.lower() != p.stem.lower():
         raise BoardError(f"board file {p}: field 'name' ({b.name!r}) must equal the file name ({p.stem!r})")
@@ -216,9 +248,39 @@ def known_boards(extra_dirs=None) -> list[str]:
     return sorted(_board_files(extra_dirs))
 
 
+def _warn(msg: str) -> None:
+    print(f"qsp: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def scan_boards(extra_dirs=None) -> tuple[list[Board], dict[str, str], dict[str, str]]:
+    """(every board that loads, in name order; {file: problem} for the files that do not;
+    {name or alias: problem} for each name or alias that two or more files claim)."""
+    boards, bad = [], {}
+    for _, f in sorted(_board_files(extra_dirs).items()):
+        try:
+            boards.append(load_board(f))
+        except BoardError as e:
+            bad[str(f)] = str(e)
+    owners: dict[str, list[Board]] = {}
+    for b in boards:
+        for key in dict.fromkeys((b.name.lower(), *b.aliases)):
+            owners.setdefault(key, []).append(b)
+    clashes = {k: f"board name or alias {k!r} is claimed by more than one board file: "
+                  + ", ".join(str(b.path) for b in bs) + "; names and aliases must be unique"
+               for k, bs in owners.items() if len(bs) > 1}
+    return boards, bad, clashes
+
+
 def all_boards(extra_dirs=None) -> list[Board]:
-    """Every board found, loaded and validated, in name order."""
-    return [load_board(f) for _, f in sorted(_board_files(extra_dirs).items())]
+    """Every valid board found, in name order. A malformed board file is skipped with a
+    warning naming it (it breaks only a lookup of that board); a name or alias two files
+    claim is warned about (it breaks only a lookup of that name)."""
+    boards, bad, clashes = scan_boards(extra_dirs)
+    for msg in [*bad.values(), *clashes.values()]:
+        _warn(f"skipped: {msg}" if msg in bad.values() else msg)
+    if not boards:
+        raise BoardError("no valid board file found" + (": " + "; ".join(bad.values()) if bad else ""))
+    return boards
 
 
 def get_board(name: str, extra_dirs=None) -> Board:
@@ -227,14 +289,17 @@ def get_board(name: str, extra_dirs=None) -> Board:
     if isinstance(name, Board):
         return name
     key = str(name).strip()
-    if key.endswith((".yaml", ".yml")) and Path(key).is_file():
+    if key.endswith((".yaml", ".yml")) and Path(key).exists():
         return load_board(key)
     key = key.lower()
     files = _board_files(extra_dirs)
-    if key in files:
-        return load_board(files[key])
-    for stem, f in files.items():
-        b = load_board(f)
-        if key in b.aliases:
-            return b
+    boards, bad, clashes = scan_boards(extra_dirs)
+    if key in clashes:
+        raise BoardError(clashes[key])
+    for f, msg in bad.items():  # a malformed file fails the lookup of its name
+        if Path(f).stem.lower() == key:
+            raise BoardError(msg)
+    claims = [b for b in boards if key == b.name.lower() or key in b.aliases]
+    if claims:
+        return claims[0]
     raise BoardError(f"unknown board {name!r}; known boards: {', '.join(sorted(files))}")

