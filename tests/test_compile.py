@@ -87,7 +87,7 @@ def cnn_stream(cnn_bundle, tmp_path_factory):
 
 def test_mlp_io_parallel_exact(mlp_parallel):
     _assert_exact(mlp_parallel, 64, 10)
-    assert (mlp_parallel.out / "hls4ml_config.yaml").exists()
+    assert (mlp_parallel.out / "qsp_hls_config.yaml").exists()
     assert (mlp_parallel.accelerator_project / "axi_stream_driver.py").exists()
     # the standalone testbench printed full precision
     assert "fout.precision(17)" in (mlp_parallel.project / "myproject_test.cpp").read_text()

@@ -2,8 +2,10 @@
 bit-exact (PyTorch integer emulation = onnxruntime = hls4ml csim = standalone testbench).
 
 Writes into DIR: ``hls4ml_prj/`` (the HLS project), ``accelerator_prj/`` (hls4ml's
-VivadoAccelerator project, for boards it knows), ``hls4ml_config.yaml`` (the qspec-derived
-config, reusable with hls4ml), ``precision.txt``, ``model.onnx`` and ``verify.json``.
+VivadoAccelerator project, for boards it knows), ``qsp_hls_config.yaml`` (the hls4ml
+configuration qsp derived from the bundle; not hls4ml's own ``hls4ml_prj/hls4ml_config.yml``):
+edit it (ReuseFactor, Strategy, IOType, a Precision) and rebuild with ``--hls-config``,
+verified the same way), ``precision.txt``, ``model.onnx`` and ``verify.json``.
 Exit status: 0 verified, 1 verification failed (per-layer report in verify.json), 2 bad
 input (bundle, board, option), 3 a tool failed (g++ missing, C++ build failed)."""
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from pathlib import Path
 
 from ..cli import add_version, with_exit_status
-from ..errors import QspError, VerificationError, exit_code
+from ..errors import ConfigError, QspError, VerificationError, exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,12 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=with_exit_status(None))
     add_version(ap)
     ap.add_argument("bundle", help="bundle directory (from qsp-train) or its run directory")
-    ap.add_argument("--board", default="pynq-z2", help="board name from boards/ (default pynq-z2; 'pynq' is an alias)")
+    ap.add_argument("--board", default=None, help="board name from boards/ (default pynq-z2, or the board in "
+                    "--hls-config's file; 'pynq' is an alias)")
     ap.add_argument("--out", default=None, help="output directory (default: <bundle>/../hls)")
-    ap.add_argument("--backend", default="Vitis", choices=BACKENDS)
-    ap.add_argument("--io-type", default="io_parallel", choices=IO_TYPES)
-    ap.add_argument("--strategy", default="auto", choices=STRATEGIES,
-                    help="per-layer strategy for Dense/Conv; auto: see qsp.compile.hls4ml_project")
+    ap.add_argument("--backend", default=None, choices=BACKENDS, help="default Vitis")
+    ap.add_argument("--io-type", default=None, choices=IO_TYPES, help="default io_parallel")
+    ap.add_argument("--strategy", default=None, choices=STRATEGIES,
+                    help="per-layer strategy for Dense/Conv (default auto: see qsp.compile.hls4ml_project)")
+    ap.add_argument("--hls-config", metavar="FILE", default=None,
+                    help="build the configuration in FILE: a qsp_hls_config.yaml qsp-compile wrote, edited "
+                         "(ReuseFactor, Strategy, IOType, a Precision ...); verified like any compile. Its Backend, "
+                         "IOType and per-layer strategies replace --backend, --io-type and --strategy")
     ap.add_argument("--max-inputs", type=int, default=None, help="verify on the first N test inputs (default all)")
     ap.add_argument("--no-transforms", action="store_true", help="do not fold masks or remove dead channels")
     ap.add_argument("--no-verify", action="store_true", help="write the projects only")
@@ -44,20 +51,35 @@ def _log(msg: str) -> None:
 def run(a) -> int:
     from ..boards import get_board
     from ..bundle import transforms
+    from . import hls_config as hcf
     from .hls4ml_project import CompileOptions, plan_strategies
-    from .pipeline import compile_bundle, prepare
+    from .pipeline import apply_hls_config, compile_bundle, prepare
 
-    board = get_board(a.board)
+    doc = hcf.load(a.hls_config) if a.hls_config else None
+    if doc is not None:
+        for flag, what in (("backend", "its Backend"), ("io_type", "its IOType"),
+                           ("strategy", "each layer's Strategy and ReuseFactor")):
+            if getattr(a, flag) is not None:
+                raise ConfigError(f"--{flag.replace('_', '-')} {getattr(a, flag)}: with --hls-config the file sets "
+                                  f"{what}; edit {a.hls_config} instead")
+    saved = (doc or {}).get("qsp") or {}
+    board = get_board(a.board or (saved.get("board") if isinstance(saved, dict) else None) or "pynq-z2")
     steps = () if a.no_transforms else transforms.DEFAULT_STEPS
-    opts = CompileOptions(backend=a.backend, io_type=a.io_type, strategy=a.strategy, part=board.part,
+    opts = CompileOptions(backend=a.backend or "Vitis", io_type=a.io_type or "io_parallel",
+                          strategy=a.strategy or "auto", part=board.part,
                           clock_period_ns=round(1000.0 / board.clock_mhz, 3), dsp_budget=board.dsp, board=board)
     if a.dry_run:
         b, tx, log, plan = prepare(a.bundle, steps)
         for line in log:
             print(line)
-        print(f"board {board.name}: part {board.part}, {board.clock_mhz:g} MHz; backend {opts.backend}, {opts.io_type}")
+        if doc is not None:
+            edited = apply_hls_config(doc, opts, tx, plan, where=f"--hls-config {a.hls_config}")
+            opts, splan = edited.opts, edited.strategy_plan
+            print(f"--hls-config {a.hls_config}: " + ("; ".join(edited.changes) or "no change from qsp's derived config"))
+        print(f"board {board.name}: part {opts.part}, {board.clock_mhz:g} MHz; backend {opts.backend}, {opts.io_type}")
         print(plan.table())
-        splan = plan_strategies(tx, plan, opts)
+        if doc is None:
+            splan = plan_strategies(tx, plan, opts)
         print("\n".join(splan.lines()))
         if splan.warning:
             print(f"WARNING: {splan.warning}")
@@ -66,7 +88,8 @@ def run(a) -> int:
     t0 = time.perf_counter()
     try:
         res = compile_bundle(a.bundle, out, opts, steps, accelerator_board=getattr(board, "hls4ml_board", None),
-                             verify=not a.no_verify, max_inputs=a.max_inputs, progress=_log)
+                             verify=not a.no_verify, max_inputs=a.max_inputs, progress=_log,
+                             hls_config=a.hls_config)
     except VerificationError as e:
         print(f"qsp-compile: verification FAILED: {e}", file=sys.stderr)
         print(f"qsp-compile: per-layer report in {out / 'verify.json'}", file=sys.stderr)

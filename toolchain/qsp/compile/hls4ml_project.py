@@ -212,13 +212,6 @@ def hls_config(model, bundle, plan: PrecisionPlan, opts: CompileOptions, strateg
     return cfg
 
 
-def yaml_config(cfg: dict, opts: CompileOptions, input_shape) -> dict:
-    """The part of the config an hls4ml user reuses (as written to hls4ml_config.yaml)."""
-    return {"Backend": opts.backend, "IOType": opts.io_type, "Part": opts.part,
-            "ClockPeriod": opts.clock_period_ns, "InputShape": list(input_shape),
-            "HLSConfig": {k: v for k, v in cfg.items() if k not in ("PytorchModel", "InputShape")}}
-
-
 def convert(model, bundle, cfg: dict, opts: CompileOptions, out_dir: Path, backend: str | None = None,
             tb_input: Path | None = None, tb_output: Path | None = None, board: str | None = None):
     """Convert with hls4ml's PyTorch frontend and write the project (no C++ build)."""

@@ -14,7 +14,9 @@ from ..bundle import transforms
 from ..bundle.io import Bundle
 from ..errors import BundleError, VerificationError
 from . import csim
-from .hls4ml_project import CompileOptions, clean_dir, convert, hls_config, plan_strategies, yaml_config
+from . import hls_config as hcf
+from .hls4ml_project import CompileOptions, clean_dir, convert, plan_strategies, rule_strategies
+from .hls4ml_project import hls_config as hls_config_dict
 from .precision import PrecisionPlan, derive
 from .verify import VerifyReport, compare, layer_report, task_metric, to_hls_layout
 
@@ -51,11 +53,30 @@ def prepare(bundle, steps=transforms.DEFAULT_STEPS):
     return b, tx, log, derive(tx)
 
 
+def apply_hls_config(doc: dict, opts: CompileOptions, tx, plan: PrecisionPlan, model=None,
+                     where: str = "--hls-config") -> "hcf.Edited":
+    """The configuration to build from a user's edited ``qsp_hls_config.yaml`` (``doc``,
+    from :func:`qsp.compile.hls_config.load`), checked against qsp's derived one for the
+    transformed graph ``tx`` and its precision ``plan``."""
+    from .deploy import build_deploy_model
+
+    opts = hcf.options(doc, opts, where)
+    model = model if model is not None else build_deploy_model(tx, plan)
+    derived = hls_config_dict(model, tx, plan, opts, rule_strategies(tx, plan, opts))
+    return hcf.apply(doc, derived, tx, plan, opts, where)
+
+
 def compile_bundle(bundle, out, opts: CompileOptions | None = None, steps=transforms.DEFAULT_STEPS,
                    accelerator_board: str | None = None, verify: bool = True, max_inputs: int | None = None,
-                   result_overrides: dict[str, str] | None = None, progress=None) -> CompileResult:
+                   result_overrides: dict[str, str] | None = None, progress=None,
+                   hls_config=None) -> CompileResult:
     """Compile a bundle into ``out`` and verify it; raises VerificationError on a mismatch
     (after writing ``out/verify.json`` with the per-layer report).
+
+    ``hls_config``: a ``qsp_hls_config.yaml`` qsp-compile wrote, edited by a user (its
+    path, or the loaded mapping): its Backend/IOType/Part/ClockPeriod replace ``opts``'
+    and its per-layer settings qsp's derived ones (:mod:`qsp.compile.hls_config`); the
+    strategies are the file's, not the rule's or the estimator's.
 
     ``result_overrides`` ({layer: ap type}) replaces derived result types: a fault
     injection for tests, never used by the CLI."""
@@ -63,6 +84,11 @@ def compile_bundle(bundle, out, opts: CompileOptions | None = None, steps=transf
 
     opts = opts or CompileOptions()
     say = progress or (lambda m: None)
+    edited, where = None, "--hls-config" if isinstance(hls_config, dict) else f"--hls-config {hls_config}"
+    if hls_config is not None:  # the user's edited qsp_hls_config.yaml: read first, checked below
+        hls_config = hls_config if isinstance(hls_config, dict) else Path(hls_config)
+        doc = hls_config if isinstance(hls_config, dict) else hcf.load(hls_config)
+        opts = hcf.options(doc, opts, where)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t: dict[str, float] = {}
@@ -73,6 +99,8 @@ def compile_bundle(bundle, out, opts: CompileOptions | None = None, steps=transf
     from .deploy import build_deploy_model
 
     model = build_deploy_model(tx, plan)
+    if hls_config is not None:  # checked against qsp's derived config before anything is built
+        edited = apply_hls_config(doc, opts, tx, plan, model, where)
     x = np.asarray(b.test_x if max_inputs is None else b.test_x[:max_inputs], np.float32)
     y = None if b.test_y is None else (b.test_y if max_inputs is None else b.test_y[:max_inputs])
     t["prepare_s"] = time.perf_counter() - t0
@@ -86,17 +114,21 @@ def compile_bundle(bundle, out, opts: CompileOptions | None = None, steps=transf
 
     # ---- the hls4ml project
     t0 = time.perf_counter()
-    splan = plan_strategies(tx, plan, opts)
+    if edited is not None:
+        opts, cfg, splan = edited.opts, edited.cfg, edited.strategy_plan
+        say(f"{where}: " + ("; ".join(edited.changes) if edited.changes else "no change from qsp's derived config"))
+    else:
+        splan = plan_strategies(tx, plan, opts)
+        cfg = hls_config_dict(model, tx, plan, opts, splan.layers)
     strategies = splan.layers
     say(splan.lines()[0])
     if splan.warning:
         say(f"WARNING: {splan.warning}")
-    cfg = hls_config(model, tx, plan, opts, strategies)
     for name, typ in (result_overrides or {}).items():
         cfg["LayerName"][name]["Precision"]["result"] = typ
-    import yaml
-
-    (out / "hls4ml_config.yaml").write_text(yaml.safe_dump(yaml_config(cfg, opts, plan.input_shape), sort_keys=False))
+    cfg_file = out / hcf.FILE_NAME
+    if not (isinstance(hls_config, Path) and cfg_file.resolve() == hls_config.resolve()):
+        hcf.write(cfg_file, cfg, opts, plan.input_shape, b.path)  # never over the user's own file
     (out / "precision.txt").write_text(plan.table() + "\n" + "\n".join(splan.lines()) + "\n"
                                        + (f"WARNING: {splan.warning}\n" if splan.warning else ""))
     tb_dir = out / "tb_src"

@@ -27,6 +27,14 @@ class PathResult:
     max_abs_diff: float
     ran: bool = True
     note: str = ""
+    #: the first differing output: {"input": i, "output": j, "got": ..., "expected": ...}
+    #: (j in hls4ml's channels-last order; onnxruntime: the model's own order)
+    first_mismatch: dict | None = None
+
+    def first_text(self) -> str:
+        f = self.first_mismatch
+        return (f"first differing output: input {f['input']}, output {f['output']}: {f['got']!r}, "
+                f"expected {f['expected']!r}") if f else ""
 
 
 @dataclass
@@ -87,8 +95,13 @@ def compare(path: str, ref: np.ndarray, got, note: str = "") -> PathResult:
     if r.shape != g.shape:
         return PathResult(path, n, int(r.size), int(r.size), float("inf"), note=f"shape {g.shape} != {r.shape}")
     diff = np.abs(r - g)
-    return PathResult(path, n, int(r.size), int(np.count_nonzero(r != g)), float(diff.max()) if diff.size else 0.0,
-                      note=note)
+    bad = np.argwhere(r != g)
+    first = None
+    if len(bad):
+        i, j = (int(v) for v in bad[0])
+        first = {"input": i, "output": j, "got": float(g[i, j]), "expected": float(r[i, j])}
+    return PathResult(path, n, int(r.size), len(bad), float(diff.max()) if diff.size else 0.0,
+                      note=note, first_mismatch=first)
 
 
 def task_metric(task, out_hls: np.ndarray, ref_nchw_shape, y) -> dict:
@@ -130,8 +143,8 @@ def layer_report(plan: PrecisionPlan, hls_trace: dict, emu_trace: dict) -> tuple
 
 def check(report: VerifyReport) -> VerifyReport:
     if not report.ok:
-        bad = [f"{p.path}: {p.mismatches} of {p.outputs_compared} outputs differ (max {p.max_abs_diff:g})"
-               for p in report.paths if p.mismatches]
+        bad = [f"{p.path}: {p.mismatches} of {p.outputs_compared} outputs differ (max {p.max_abs_diff:g}; "
+               f"{p.first_text()})" for p in report.paths if p.mismatches]
         where = (f"; first diverging layer: {report.first_diverging_layer}"
                  if report.first_diverging_layer else "")
         raise VerificationError("bit-exact verification failed: " + "; ".join(bad) + where, report)

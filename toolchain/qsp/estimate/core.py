@@ -565,15 +565,17 @@ def estimate(bundle, boards: Iterable | str | None = "all", strategies: Mapping 
 
 
 def strategies_from_project(project_dir) -> dict[str, LayerStrategy]:
-    """Per-layer strategy and reuse factor of a compiled project (its hls4ml_config.yaml)."""
+    """Per-layer strategy and reuse factor of a compiled project (the qsp_hls_config.yaml
+    qsp-compile wrote; hls4ml_config.yaml in projects of older qsp versions)."""
     import yaml
 
     from ..errors import ConfigError
 
     p = Path(project_dir)
-    f = p if p.is_file() else next(iter(sorted(p.rglob("hls4ml_config.yaml"))), None)
+    f = p if p.is_file() else next(iter(sorted(p.rglob("qsp_hls_config.yaml")) + sorted(p.rglob("hls4ml_config.yaml"))),
+                                   None)
     if f is None:
-        raise ConfigError(f"--project {str(project_dir)!r}: no hls4ml_config.yaml found")
+        raise ConfigError(f"--project {str(project_dir)!r}: no qsp_hls_config.yaml found (qsp-compile writes it)")
     cfg = yaml.safe_load(Path(f).read_text()) or {}
     hc = cfg.get("HLSConfig", cfg)
     out = {}
