@@ -176,12 +176,10 @@ def _leaky(ctx, path, m, in_shape, out_shape):
 SCALE_SHIFT_BITS = 16
 
 
-@exporter(nn.BatchNorm1d, nn.BatchNorm2d)
-def _batchnorm(ctx, path, m, in_shape, out_shape):
-    """A BatchNorm with no weight layer before it: per-channel scale and shift, each
-    quantized to SCALE_SHIFT_BITS bits (round half to even)."""
-    if not m.track_running_stats or m.running_var is None:
-        raise UnsupportedLayerError(f"layer {path!r} ({type(m).__name__}): needs track_running_stats=True")
+def bn_scale_shift(m) -> tuple[FixedFormat, FixedFormat, np.ndarray, np.ndarray]:
+    """A standalone BatchNorm at inference as the bundle computes it: per-channel scale and
+    shift, each quantized to SCALE_SHIFT_BITS bits (round half to even). Returns
+    (scale format, shift format, scale, shift)."""
     var = m.running_var.detach().double().cpu().numpy()
     mean = m.running_mean.detach().double().cpu().numpy()
     g = m.weight.detach().double().cpu().numpy() if m.affine else np.ones_like(var)
@@ -189,9 +187,18 @@ def _batchnorm(ctx, path, m, in_shape, out_shape):
     scale = g / np.sqrt(var + m.eps)
     shift = be - mean * scale
     sf, bf = fit_format(scale, SCALE_SHIFT_BITS), fit_format(shift, SCALE_SHIFT_BITS)
+    return sf, bf, sf.quantize_np(scale), bf.quantize_np(shift)
+
+
+@exporter(nn.BatchNorm1d, nn.BatchNorm2d)
+def _batchnorm(ctx, path, m, in_shape, out_shape):
+    """A BatchNorm with no weight layer before it: :func:`bn_scale_shift`."""
+    if not m.track_running_stats or m.running_var is None:
+        raise UnsupportedLayerError(f"layer {path!r} ({type(m).__name__}): needs track_running_stats=True")
+    sf, bf, scale, shift = bn_scale_shift(m)
     name = ctx.name("scale_shift")
-    ctx.weights[f"{name}.weight"] = sf.quantize_np(scale)
-    ctx.weights[f"{name}.bias"] = bf.quantize_np(shift)
+    ctx.weights[f"{name}.weight"] = scale
+    ctx.weights[f"{name}.bias"] = shift
     return ScaleShiftNode(name=name, in_shape=in_shape, out_shape=out_shape, source=path,
                           channels=int(m.num_features), weight=sf, bias=bf)
 
@@ -441,6 +448,37 @@ def check_model(model: nn.Module, input_shape) -> list:
         model.train(was)
 
 
+@torch.no_grad()
+def trained_outputs(model: nn.Module, x, batch: int = 512) -> np.ndarray:
+    """The trained model's own outputs on ``x`` (batch first), computed by PyTorch: a copy of
+    the model in evaluation mode, in float64 on the CPU, with the effective (folded, pruned,
+    quantized) weights and biases each weight layer computes with in training (its
+    ``effective()``, in the model's own dtype and device). float64 makes every sum exact
+    (every code stays below 2^53, which the emulator's range analysis checks), so these
+    outputs equal the bundle's exact emulation bit for bit; a float32 forward can round a
+    sum whose codes exceed 2^24. A standalone BatchNorm computes as the bundle does
+    (:func:`bn_scale_shift`). Stored in test_data.npz as ``model_out``; verification
+    checks the emulation against them, so a bundle changed after training fails."""
+    import copy
+
+    model = getattr(model, "module", model) if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    ref = copy.deepcopy(model).cpu().double().eval()
+    copies = dict(ref.named_modules())
+    for name, m in model.named_modules():
+        c = copies[name]
+        if callable(getattr(m, "effective", None)) and callable(getattr(m, "_weights", None)):
+            fixed = tuple(t.detach().cpu().double() if torch.is_tensor(t) else t for t in m.effective())
+            c._weights = lambda fixed=fixed: fixed
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.track_running_stats:
+            _, _, scale, shift = bn_scale_shift(m)
+            s, t = torch.from_numpy(scale), torch.from_numpy(shift)
+            c.forward = lambda v, s=s, t=t: v * s.reshape((-1,) + (1,) * (v.dim() - 2)) + \
+                t.reshape((-1,) + (1,) * (v.dim() - 2))
+    xs = torch.from_numpy(np.asarray(x, np.float32))
+    return np.concatenate([ref(xs[i:i + batch].double()).numpy() for i in range(0, len(xs), batch)]) \
+        if len(xs) else np.zeros((0,), np.float64)
+
+
 def make_bundle(model: nn.Module, task: TaskInfo, model_ref: ModelRef, test_x=None, test_y=None,
                 plan: dict | None = None, metrics: dict | None = None, method: str = "qsparse",
                 extra: dict | None = None) -> Bundle:
@@ -450,7 +488,7 @@ def make_bundle(model: nn.Module, task: TaskInfo, model_ref: ModelRef, test_x=No
         raise BundleError("the model's first operation must quantize the input (qsp.convert(input_bits=...))")
     spec = QSpec(task=task, model=model_ref, graph=nodes, method=method, plan=plan or {},
                  metrics=metrics or {}, extra=extra or {}, qsp_version=__version__)
-    b = Bundle(spec, weights, masks, state,
-               None if test_x is None else np.asarray(test_x, np.float32),
-               None if test_y is None else np.asarray(test_y))
+    x = None if test_x is None else np.asarray(test_x, np.float32)
+    out = None if x is None else trained_outputs(model, x).reshape((len(x), *task.output_shape))
+    b = Bundle(spec, weights, masks, state, x, None if test_y is None else np.asarray(test_y), model_out=out)
     return b.validate()

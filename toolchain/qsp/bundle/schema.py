@@ -14,19 +14,32 @@ The graph (schema 2) is a list of nodes in a topological order; each node names 
 (earlier nodes, or ``"input"`` for the graph input) and the last node is the graph output.
 Every node knows its first input's shape and its output shape without the batch dimension,
 in PyTorch's layout (NCHW). Schema-1 bundles (sequential chains, no ``inputs``) load: each
-node then reads the one before it. See docs/bundle.md.
+node then reads the one before it. Schema 3 adds ``checksums`` (sha256 of every array) and
+the trained model's outputs on the test inputs (test_data.npz ``model_out``).
+
+Reading is strict (:func:`parse_json`, :func:`check_spec_dict`): JSON types exactly as
+written by qsp (a bool is ``true``/``false``, an integer field holds a JSON integer), formats
+in range, node names safe identifiers in every backend, shapes as each op implies. See
+docs/bundle.md.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+import keyword
+import math
+import re
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
 from ..errors import BundleError
-from ..fixedpoint import FixedFormat
+from ..fixedpoint import ROUNDING_MODES, FixedFormat
 
-SCHEMA_VERSION = 2
-#: versions this qsp reads (1: sequential, upgraded on load)
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+#: versions this qsp reads (1: sequential, upgraded on load; 1 and 2 have no checksums and
+#: no trained-model outputs: they load with a warning, qsp-compile skips that check)
+READABLE_VERSIONS = (1, 2, 3)
 #: the name by which nodes refer to the graph input
 GRAPH_INPUT = "input"
 
@@ -53,8 +66,9 @@ class WeightFormat:
 
     @classmethod
     def from_dict(cls, d):
-        return cls(int(d["bits"]), d["frac"] if isinstance(d["frac"], list) else int(d["frac"]),
-                   bool(d.get("signed", True)), d.get("rounding", "convergent"))
+        """From a dict already checked by :func:`check_spec_dict` (exact types)."""
+        return cls(d["bits"], list(d["frac"]) if isinstance(d["frac"], list) else d["frac"], d["signed"],
+                   d["rounding"])
 
 
 # ----------------------------------------------------------------------------- nodes
@@ -220,33 +234,17 @@ class ConcatNode(Node):
 
 
 def node_from_dict(d: dict, where: str = "graph") -> Node:
+    """A node from its JSON dict (checked by :func:`check_node_dict` first)."""
+    check_node_dict(d, where)
     d = dict(d)
-    op = d.pop("op", None)
-    if op not in NODE_TYPES:
-        raise BundleError(f"{where}: unknown node op {op!r}; known: {sorted(NODE_TYPES)}")
-    cls = NODE_TYPES[op]
-    names = set(cls.__dataclass_fields__)
-    unknown = set(d) - names
-    if unknown:
-        raise BundleError(f"{where} ({op} {d.get('name')!r}): unknown keys {sorted(unknown)}")
-    for req in ("name", "in_shape", "out_shape"):
-        if req not in d:
-            raise BundleError(f"{where} ({op}): missing key {req!r}")
-    try:
-        if "format" in d and d["format"] is not None:
-            d["format"] = FixedFormat.from_dict(d["format"])
-        if "param" in d and d["param"] is not None:
-            d["param"] = FixedFormat.from_dict(d["param"])
-        if "weight" in d and d["weight"] is not None:
-            d["weight"] = (FixedFormat.from_dict(d["weight"]) if cls is ScaleShiftNode
-                           else WeightFormat.from_dict(d["weight"]))
-        if "bias" in d and d["bias"] is not None:
-            d["bias"] = FixedFormat.from_dict(d["bias"])
-        if cls is ScaleShiftNode and d.get("weight") is not None and isinstance(d["weight"], WeightFormat):
-            d["weight"] = d["weight"].formats()[0]
-        return cls(**d)
-    except (TypeError, ValueError, KeyError) as e:
-        raise BundleError(f"{where} ({op} {d.get('name')!r}): {e}") from None
+    cls = NODE_TYPES[d.pop("op")]
+    for key in ("format", "param", "bias"):
+        if d.get(key) is not None:
+            d[key] = FixedFormat.from_dict(d[key])
+    if d.get("weight") is not None:
+        d["weight"] = (FixedFormat.from_dict(d["weight"]) if cls is ScaleShiftNode
+                       else WeightFormat.from_dict(d["weight"]))
+    return cls(**d)
 
 
 # ----------------------------------------------------------------------------- qspec
@@ -278,6 +276,8 @@ class QSpec:
     extra: dict = field(default_factory=dict)  # e.g. order trials (auto), DJPQ reports
     schema_version: int = SCHEMA_VERSION
     qsp_version: str = ""
+    #: file -> array key -> sha256 (:func:`qsp.bundle.io.array_digest`), filled by Bundle.write
+    checksums: dict = field(default_factory=dict)
 
     # convenience
     def node(self, name: str) -> Node:
@@ -302,48 +302,40 @@ class QSpec:
             "graph": [n.to_dict() for n in self.graph],
             "metrics": self.metrics,
             "extra": self.extra,
+            "checksums": self.checksums,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "QSpec":
-        if not isinstance(d, dict):
-            raise BundleError("qspec.json: top level must be an object")
-        v = d.get("schema_version")
-        if v not in READABLE_VERSIONS:
-            raise BundleError(f"qspec.json: schema_version {v!r} is not supported (this qsp reads "
-                              f"{list(READABLE_VERSIONS)}); re-export the bundle with this qsp: "
-                              "qsp-train --resume on its run directory, or qsp-train again")
-        known = {"schema_version", "qsp_version", "method", "task", "model", "plan", "graph", "metrics", "extra"}
-        unknown = set(d) - known
-        if unknown:
-            raise BundleError(f"qspec.json: unknown keys {sorted(unknown)}")
-        for req in ("task", "model", "graph"):
-            if req not in d:
-                raise BundleError(f"qspec.json: missing key {req!r}")
-        try:
-            task = TaskInfo(**d["task"])
-            model = ModelRef(**d["model"])
-        except TypeError as e:
-            raise BundleError(f"qspec.json: bad task/model entry: {e}") from None
-        if not isinstance(d["graph"], list):
-            raise BundleError("qspec.json: 'graph' must be a list of nodes")
+        """From parsed qspec.json: every type and range checked first (:func:`check_spec_dict`);
+        a schema-1 graph is upgraded (each node reads the one before it)."""
+        v = check_spec_dict(d)
+        task = TaskInfo(**d["task"])
+        model = ModelRef(**d["model"])
         graph = [node_from_dict(n, f"graph[{i}]") for i, n in enumerate(d["graph"])]
         if v == 1:  # sequential: each node reads the one before it
             for i, n in enumerate(graph):
-                if n.inputs:
-                    raise BundleError(f"qspec.json: schema_version 1 has no 'inputs' (node {n.name!r})")
                 n.inputs = [graph[i - 1].name if i else GRAPH_INPUT]
-            v = SCHEMA_VERSION
         check_graph(graph)
-        return cls(task=task, model=model, graph=graph, method=d.get("method", "qsparse"),
-                   plan=d.get("plan", {}), metrics=d.get("metrics", {}), extra=d.get("extra", {}),
-                   schema_version=v, qsp_version=d.get("qsp_version", ""))
+        return cls(task=task, model=model, graph=graph, method=d.get("method", "qsparse"), plan=d.get("plan", {}),
+                   metrics=d.get("metrics", {}), extra=d.get("extra", {}), schema_version=SCHEMA_VERSION,
+                   qsp_version=d.get("qsp_version", ""), checksums=d.get("checksums", {}))
 
 
 def check_graph(graph: list[Node]) -> None:
-    """Names unique, inputs name earlier nodes (or the graph input), arity respected."""
+    """Names safe and unique, inputs name earlier nodes (or the graph input), arity
+    respected, each node's fields consistent (:func:`node_problem`)."""
     seen = {GRAPH_INPUT}
+    if not graph:
+        raise BundleError("qspec.json: the graph has no nodes")
     for i, n in enumerate(graph):
+        label = f"qspec.json: graph[{i}] ({n.op} {n.name!r})"
+        check_name(n.name, label)
+        _check_shape(n.in_shape, f"{label}: in_shape")
+        _check_shape(n.out_shape, f"{label}: out_shape")
+        wrong = node_problem(n)
+        if wrong:
+            raise BundleError(f"{label}: {wrong}")
         if n.name in seen:
             raise BundleError(f"qspec.json: graph[{i}]: node name {n.name!r} is "
                               + ("reserved for the graph input" if n.name == GRAPH_INPUT else "used twice"))
@@ -419,3 +411,308 @@ def drop_nodes(graph: list[Node], names) -> list[Node]:
     for n in out:
         n.inputs = [src.get(x, x) for x in n.inputs]
     return out
+
+
+# ----------------------------------------------------------------------------- strict reading
+#: qspec.json larger than this is refused before parsing
+MAX_JSON_BYTES = 64 * 2 ** 20
+#: nesting depth of qspec.json (objects and lists)
+MAX_JSON_DEPTH = 64
+#: formats in a bundle: bits and |frac| within these
+MAX_BITS, MAX_FRAC = 32, 128
+#: every dimension of a node shape, and the number of elements of one tensor
+MAX_DIM, MAX_ELEMENTS = 2 ** 20, 2 ** 28
+#: a node name: a safe identifier in C++ (hls4ml's layer and type names), ONNX and Python;
+#: names hls4ml would rewrite (``a.b``, ``d"x``) are refused rather than silently renamed
+NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}\Z")
+CPP_KEYWORDS = frozenset("""alignas alignof and and_eq asm auto bitand bitor bool break case catch char char8_t
+char16_t char32_t class compl concept const consteval constexpr constinit const_cast continue co_await co_return
+co_yield decltype default delete do double dynamic_cast else enum explicit export extern false float for friend
+goto if inline int long mutable namespace new noexcept not not_eq nullptr operator or or_eq private protected public
+register reinterpret_cast requires return short signed sizeof static static_assert static_cast struct switch
+template this thread_local throw true try typedef typeid typename union unsigned using virtual void volatile wchar_t
+while xor xor_eq""".split())
+TOP_KEYS = ("schema_version", "qsp_version", "method", "task", "model", "plan", "graph", "metrics", "extra",
+            "checksums")
+TASK_KINDS = ("classification", "super-resolution", "regression")
+
+
+def parse_json(data: bytes, where: str = "qspec.json"):
+    """Parse qspec.json bytes strictly: UTF-8, no NaN/Infinity, no duplicate keys, bounded
+    size and depth. Raises BundleError naming the problem."""
+    if len(data) > MAX_JSON_BYTES:
+        raise BundleError(f"{where}: {len(data)} bytes is larger than the {MAX_JSON_BYTES} bytes qsp reads")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{where}: not UTF-8 text (byte {e.start}): not a qspec.json") from None
+
+    def pairs(kv):
+        d = {}
+        for k, v in kv:
+            if k in d:
+                raise BundleError(f"{where}: key {k!r} appears twice in one object")
+            d[k] = v
+        return d
+
+    def constant(c):
+        raise BundleError(f"{where}: {c} is not a JSON number (qsp writes finite numbers only)")
+
+    try:
+        obj = json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+    except RecursionError:
+        raise BundleError(f"{where}: nested deeper than Python's parser can follow") from None
+    except ValueError as e:
+        raise BundleError(f"{where}: not valid JSON ({e})") from None
+    stack = [(obj, 1)]
+    while stack:
+        o, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise BundleError(f"{where}: nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(o, dict):
+            stack.extend((v, depth + 1) for v in o.values())
+        elif isinstance(o, list):
+            stack.extend((v, depth + 1) for v in o)
+    return obj
+
+
+def _jtype(v) -> str:
+    """How a JSON value reads to a user ("'false' (a string)")."""
+    names = {bool: "a bool", int: "an integer", float: "a number with a fraction", str: "a string",
+             list: "a list", dict: "an object", type(None): "null"}
+    r = repr(v)
+    return f"{r if len(r) <= 40 else r[:37] + '...'} ({names.get(type(v), type(v).__name__)})"
+
+
+def _conforms(v, t) -> bool:
+    """``v`` (parsed JSON) has exactly the type ``t`` (a field annotation)."""
+    if t is bool:
+        return type(v) is bool
+    if t is int:
+        return type(v) is int
+    if t is float:
+        return type(v) in (int, float) and math.isfinite(v)
+    if t is str:
+        return type(v) is str
+    if t in (dict, list):
+        return type(v) is t
+    if t is type(None):
+        return v is None
+    if t in (FixedFormat, WeightFormat):
+        return type(v) is dict
+    origin = typing.get_origin(t)
+    if origin is list:
+        (arg,) = typing.get_args(t)
+        return type(v) is list and all(_conforms(x, arg) for x in v)
+    if origin in (types.UnionType, typing.Union):
+        return any(_conforms(v, a) for a in typing.get_args(t))
+    raise TypeError(f"no JSON rule for {t!r}")  # a field type qsp does not know: a qsp bug
+
+
+def _describe(t) -> str:
+    names = {bool: "a JSON bool (true/false)", int: "a JSON integer", float: "a finite JSON number",
+             str: "a string", dict: "an object", list: "a list", type(None): "null", FixedFormat: "a format object",
+             WeightFormat: "a weight format object"}
+    if t in names:
+        return names[t]
+    if typing.get_origin(t) is list:
+        return f"a list of {_describe(typing.get_args(t)[0]).replace('a ', '', 1)}s"
+    if typing.get_origin(t) in (types.UnionType, typing.Union):
+        return " or ".join(_describe(a) for a in typing.get_args(t))
+    return str(t)
+
+
+def _check_fields(d: dict, cls, where: str, required, skip=()) -> None:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known - {"op"})
+    if unknown:
+        raise BundleError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    for k in required:
+        if k not in d:
+            raise BundleError(f"{where}: missing key {k!r}")
+    for k, v in d.items():
+        if k == "op" or k in skip:
+            continue
+        if not _conforms(v, hints[k]):
+            raise BundleError(f"{where}: key {k!r} must be {_describe(hints[k])}, got {_jtype(v)}")
+
+
+def check_format_dict(d, where: str, weight: bool = False) -> None:
+    """A format object: ``bits`` (JSON integer in [1, 32]), ``frac`` (integer in [-128, 128];
+    for a weight also a list of them, one per output channel), ``signed`` (JSON bool),
+    ``rounding`` (a known mode); all four keys."""
+    if type(d) is not dict:
+        raise BundleError(f"{where}: must be a format object {{bits, frac, signed, rounding}}, got {_jtype(d)}")
+    _check_fields(d, WeightFormat if weight else FixedFormat, where, ("bits", "frac", "signed", "rounding"))
+    if not 1 <= d["bits"] <= MAX_BITS:
+        raise BundleError(f"{where}: key 'bits' = {d['bits']} is out of range [1, {MAX_BITS}]")
+    fr = d["frac"] if isinstance(d["frac"], list) else [d["frac"]]
+    if not fr or any(not -MAX_FRAC <= f <= MAX_FRAC for f in fr):
+        raise BundleError(f"{where}: key 'frac' = {d['frac']} must be integer(s) in [-{MAX_FRAC}, {MAX_FRAC}]")
+    if d["rounding"] not in ROUNDING_MODES:
+        raise BundleError(f"{where}: key 'rounding' = {d['rounding']!r} is not one of {sorted(ROUNDING_MODES)}")
+
+
+def check_name(name, where: str) -> None:
+    """A node name that every backend keeps as is (see :data:`NAME_RE`)."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or "__" in name or name in CPP_KEYWORDS \
+            or keyword.iskeyword(name):
+        raise BundleError(f"{where}: node name {name!r} is not a safe identifier: a letter, then letters, digits "
+                          "and single underscores (at most 63 characters), not a C++ or Python keyword; hls4ml "
+                          "would rename it and lose qsp's settings for it")
+
+
+def check_node_dict(d, where: str, version: int = SCHEMA_VERSION) -> None:
+    """One node's JSON: a known op, its keys only, every value of exactly its type."""
+    if type(d) is not dict:
+        raise BundleError(f"qspec.json: {where} must be a node object, got {_jtype(d)}")
+    op = d.get("op")
+    if type(op) is not str or op not in NODE_TYPES:
+        raise BundleError(f"qspec.json: {where}: unknown node op {op!r}; known: {sorted(NODE_TYPES)}")
+    cls = NODE_TYPES[op]
+    label = f"qspec.json: {where} ({op} {d.get('name')!r})"
+    names = [f.name for f in fields(cls)]
+    required = ("name", "in_shape", "out_shape") if version < 3 else names
+    if version == 1 and "inputs" in d:
+        raise BundleError(f"{label}: schema_version 1 has no 'inputs'")
+    formats = ("format", "param", "weight", "bias")
+    _check_fields(d, cls, label, required, skip=formats)
+    for k in formats:
+        if k not in d:
+            continue
+        optional = typing.get_type_hints(cls)[k]
+        if d[k] is None and _conforms(None, optional):
+            continue
+        check_format_dict(d[k], f"{label}: key {k!r}", weight=(k == "weight" and cls is not ScaleShiftNode))
+    check_name(d["name"], label)
+
+
+def check_spec_dict(d) -> int:
+    """Every type and range of parsed qspec.json (the graph's semantics are checked by
+    :func:`check_graph`). Returns the schema version."""
+    if type(d) is not dict:
+        raise BundleError(f"qspec.json: the top level must be an object, got {_jtype(d)}")
+    v = d.get("schema_version")
+    if type(v) is not int or v not in READABLE_VERSIONS:
+        raise BundleError(f"qspec.json: schema_version {v!r} is not supported (this qsp reads "
+                          f"{list(READABLE_VERSIONS)}); re-export the bundle with this qsp: "
+                          "qsp-train --resume on its run directory, or qsp-train again")
+    allowed = TOP_KEYS if v >= 3 else TOP_KEYS[:-1]
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise BundleError(f"qspec.json: unknown key(s) {unknown} for schema_version {v}")
+    for req in (allowed if v >= 3 else ("task", "model", "graph")):
+        if req not in d:
+            raise BundleError(f"qspec.json: missing key {req!r}")
+    for key, t in (("qsp_version", str), ("method", str), ("task", dict), ("model", dict), ("plan", dict),
+                   ("graph", list), ("metrics", dict), ("extra", dict), ("checksums", dict)):
+        if key in d and not _conforms(d[key], t):
+            raise BundleError(f"qspec.json: key {key!r} must be {_describe(t)}, got {_jtype(d[key])}")
+    _check_fields(d["task"], TaskInfo, "qspec.json: task", [f.name for f in fields(TaskInfo)] if v >= 3
+                  else ("name", "kind", "metric", "input_shape", "output_shape"))
+    if d["task"]["kind"] not in TASK_KINDS:
+        raise BundleError(f"qspec.json: task: kind {d['task']['kind']!r} is not one of {list(TASK_KINDS)}")
+    for k in ("input_shape", "output_shape"):
+        _check_shape(d["task"][k], f"qspec.json: task: key {k!r}")
+    nc = d["task"].get("num_classes")
+    if nc is not None and nc < 1:
+        raise BundleError(f"qspec.json: task: num_classes {nc} must be at least 1")
+    _check_fields(d["model"], ModelRef, "qspec.json: model", ("factory",) if v < 3 else ("factory", "kwargs"))
+    if not d["graph"]:
+        raise BundleError("qspec.json: 'graph' is empty (a bundle has at least its input quantizer)")
+    for i, n in enumerate(d["graph"]):
+        check_node_dict(n, f"graph[{i}]", v)
+    for fname, sums in d.get("checksums", {}).items():
+        if type(sums) is not dict or not all(type(h) is str and re.fullmatch(r"[0-9a-f]{64}", h)
+                                             for h in sums.values()):
+            raise BundleError(f"qspec.json: checksums[{fname!r}] must map array names to sha256 hex digests")
+    return v
+
+
+def _check_shape(s, where: str) -> None:
+    if not isinstance(s, (list, tuple)) or not 1 <= len(s) <= 3 or \
+            not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= MAX_DIM for x in s) or \
+            math.prod(s) > MAX_ELEMENTS:
+        raise BundleError(f"{where}: shape {s!r} must be 1 to 3 positive integers (no batch dimension)")
+
+
+def _pair_ok(v, low: int) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == 2 and all(
+        isinstance(x, int) and not isinstance(x, bool) and low <= x <= MAX_DIM for x in v)
+
+
+def node_problem(n: Node) -> str:
+    """'' when the node's own fields agree with each other (the output shape its op implies
+    from its input shape, formats in range, per-channel lists as long as the channels);
+    else what is wrong. Inputs are checked by :func:`input_shapes_ok`."""
+    i, o = list(n.in_shape), list(n.out_shape)
+    for fmt_key in ("format", "param", "bias"):
+        f = getattr(n, fmt_key, None)
+        if f is not None and (not 1 <= f.bits <= MAX_BITS or not -MAX_FRAC <= f.frac <= MAX_FRAC):
+            return f"{fmt_key} {f} is outside bits [1, {MAX_BITS}], frac [-{MAX_FRAC}, {MAX_FRAC}]"
+    if isinstance(n, (QuantNode,)) and n.format is None:
+        return "has no format"
+    if isinstance(n, LeakyReluNode) and n.param is None:
+        return "has no param format"
+    if n.op in ("quantize", "relu", "mask", "clip", "leaky_relu", "scale_shift", "add"):
+        if o != i:
+            return f"output shape {o} must equal its input shape {i}"
+    if isinstance(n, (LinearNode, Conv2dNode)):
+        w = n.weight
+        if w is None:
+            return "has no weight format"
+        fr = w.frac if w.per_channel else [w.frac]
+        if isinstance(w.bits, bool) or not isinstance(w.bits, int) or not 1 <= w.bits <= MAX_BITS \
+                or not fr or any(isinstance(f, bool) or not isinstance(f, int) or not -MAX_FRAC <= f <= MAX_FRAC
+                                 for f in fr) or w.rounding not in ROUNDING_MODES or not isinstance(w.signed, bool):
+            return f"weight format {w} is outside bits [1, {MAX_BITS}], frac [-{MAX_FRAC}, {MAX_FRAC}]"
+        if w.per_channel and len(w.frac) != o[0]:
+            return f"has {len(w.frac)} per-channel fraction bits for {o[0]} output channels"
+        if not isinstance(n.nonzeros, int) or n.nonzeros < 0:
+            return f"nonzeros {n.nonzeros!r} must be a non-negative integer"
+        if not 0 <= n.weight_sparsity <= 1:
+            return f"weight_sparsity {n.weight_sparsity!r} must lie in [0, 1]"
+        k = n.kept_outputs
+        if k is not None and (len(set(k)) != len(k) or any(x < 0 for x in k)):
+            return f"kept_outputs {k} must be distinct non-negative indices"
+    if isinstance(n, LinearNode):
+        if len(i) != 1 or len(o) != 1 or n.in_features != i[0] or n.out_features != o[0]:
+            return (f"in_features {n.in_features} / out_features {n.out_features} must be the sizes of its "
+                    f"1-D input {i} and output {o}")
+    elif isinstance(n, Conv2dNode):
+        if len(i) != 3 or len(o) != 3:
+            return f"input {i} and output {o} must be [C, H, W]"
+        if not (_pair_ok(n.kernel_size, 1) and _pair_ok(n.stride, 1) and _pair_ok(n.padding, 0)):
+            return f"kernel_size {n.kernel_size} / stride {n.stride} / padding {n.padding} must be integer pairs"
+        g = n.groups
+        if not isinstance(g, int) or g < 1 or n.in_channels != i[0] or n.out_channels != o[0] or i[0] % g or o[0] % g:
+            return (f"in_channels {n.in_channels}, out_channels {n.out_channels}, groups {g} do not fit its input "
+                    f"{i} and output {o}")
+        want = [o[0]] + [(i[d + 1] + 2 * n.padding[d] - n.kernel_size[d]) // n.stride[d] + 1 for d in (0, 1)]
+        if want != o:
+            return f"output shape {o} is not the {want} its input {i}, kernel, stride and padding give"
+    elif isinstance(n, (MaxPool2dNode, AvgPool2dNode)):
+        if len(i) != 3 or not (_pair_ok(n.kernel_size, 1) and _pair_ok(n.stride, 1)):
+            return f"input {i} must be [C, H, W], kernel_size {n.kernel_size} and stride {n.stride} integer pairs"
+        want = [i[0]] + [(i[d + 1] - n.kernel_size[d]) // n.stride[d] + 1 for d in (0, 1)]
+        if want != o or min(want) < 1:
+            return f"output shape {o} is not the {want} its input {i}, kernel and stride give"
+    elif isinstance(n, FlattenNode):
+        if o != [math.prod(i)]:
+            return f"output shape {o} must be [{math.prod(i)}] (its input {i} flattened)"
+    elif isinstance(n, PixelShuffleNode):
+        f = n.factor
+        if not isinstance(f, int) or f < 1 or len(i) != 3 or i[0] % (f * f) or \
+                o != [i[0] // (f * f), i[1] * f, i[2] * f]:
+            return f"factor {f!r} does not turn its input {i} into its output {o}"
+    elif isinstance(n, ClipNode):
+        if not (math.isfinite(n.lo) and math.isfinite(n.hi) and n.lo <= n.hi):
+            return f"bounds lo {n.lo} / hi {n.hi} must be finite with lo <= hi"
+    elif isinstance(n, ScaleShiftNode):
+        if n.weight is None or n.bias is None or n.channels != i[0]:
+            return f"needs scale and shift formats and channels == {i[0]} (its input {i})"
+    elif isinstance(n, MaskNode):
+        if not 0 <= n.sparsity <= 1:
+            return f"sparsity {n.sparsity!r} must lie in [0, 1]"
+    return ""

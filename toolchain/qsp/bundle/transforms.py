@@ -40,7 +40,7 @@ from .schema import LinearNode, drop_nodes
 def _copy(bundle: Bundle) -> Bundle:
     return Bundle(copy.deepcopy(bundle.qspec), {k: v.copy() for k, v in bundle.weights.items()},
                   {k: v.copy() for k, v in bundle.masks.items()}, bundle.state_dict, bundle.test_x,
-                  bundle.test_y, bundle.path)
+                  bundle.test_y, bundle.path, bundle.model_out)
 
 
 @dataclass

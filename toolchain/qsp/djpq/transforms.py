@@ -54,7 +54,7 @@ class RemovePrunedChannels:
     def apply(self, bundle: Bundle) -> Bundle:
         spec = copy.deepcopy(bundle.qspec)
         out = Bundle(spec, dict(bundle.weights), dict(bundle.masks), dict(bundle.state_dict),
-                     bundle.test_x, bundle.test_y, None)
+                     bundle.test_x, bundle.test_y, None, bundle.model_out)
         graph = spec.graph
         removed = dict(spec.extra.get("removed_channels", {}))
         for i, n in enumerate(graph):
