@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ..bundle import Bundle
 from ..errors import QspError
@@ -176,3 +176,44 @@ def run_qonnx(model_or_path, x, cleanup: bool = True) -> np.ndarray:
     # a model exported with a static batch (Brevitas: 1): one input at a time
     return np.concatenate([np.asarray(execute_onnx(w, {inp: x32[i:i + fixed]})[out], np.float64)
                            for i in range(0, len(x32), fixed)])
+
+
+def input_format(model: onnx.ModelProto) -> FixedFormat:
+    """The format of the ``Quant`` node reading the model input (qsp's input quantizer)."""
+    from ..bundle.qonnx import FROM_QONNX_ROUNDING
+
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    x = model.graph.input[0].name
+    for n in model.graph.node:
+        if n.op_type == "Quant" and n.input[0] == x:
+            a = {at.name: helper.get_attribute_value(at) for at in n.attribute}
+            mode = a.get("rounding_mode", b"ROUND")
+            mode = (mode.decode() if isinstance(mode, bytes) else mode).upper()
+            frac = int(round(-np.log2(float(inits[n.input[1]]))))
+            rounding = "nearest" if mode == "HALF_UP" else FROM_QONNX_ROUNDING.get(mode)
+            if rounding is None:
+                raise QspError(f"input Quant {n.name!r}: rounding_mode {mode} has no ap_fixed form")
+            return FixedFormat(int(inits[n.input[3]]), frac, bool(a.get("signed", 1)), rounding)
+    raise QspError("the model input is not read by a Quant node")
+
+
+def convert_with_hls4ml(model_or_path, output_dir, backend: str = "Vitis", io_type: str = "io_parallel", **kw):
+    """hls4ml's ONNX frontend on a QONNX model: qonnx's preprocessing (cleanup, channels
+    last, Gemm -> MatMul) then ``hls4ml.converters.convert_from_onnx_model`` with a
+    per-layer configuration whose input type is the input ``Quant``'s format (hls4ml's
+    default ``fixed<16,6>`` input would truncate the input before the Quant rounds it).
+    Returns the (unbuilt) hls4ml model."""
+    import hls4ml
+    from qonnx.transformation.channels_last import ConvertToChannelsLastAndClean
+    from qonnx.transformation.gemm_to_matmul import GemmToMatMul
+    from qonnx.util.cleanup import cleanup_model
+
+    m = onnx.load(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
+    fmt = input_format(m)
+    w = qonnx_wrapper(m, cleanup=True, batch=1)
+    w = cleanup_model(w.transform(ConvertToChannelsLastAndClean()).transform(GemmToMatMul()))
+    cfg = hls4ml.utils.config.config_from_onnx_model(w, granularity="name", backend=backend,
+                                                     default_precision="fixed<16,6>")
+    cfg["LayerName"][w.graph.input[0].name]["Precision"]["result"] = fmt.ap_type()
+    return hls4ml.converters.convert_from_onnx_model(w, output_dir=str(output_dir), io_type=io_type, backend=backend,
+                                                     hls_config=cfg, **kw)
