@@ -160,5 +160,55 @@ def test_estimate_board_all_names_the_bad_file(mlp_bundle, tmp_path, capsys):
     _bad(main, [str(mlp_bundle), "--board", "nanmem", "--boards-dir", str(tmp_path)], capsys, "nanmem.yaml")
 
 
+# ============================================================================ --model factories
+@pytest.mark.parametrize("path,words", [
+    ("subprocess:getoutput", ["standard library"]),
+    ("os:system", ["standard library"]),
+    ("builtins:eval", ["standard library"]),
+    ("torch:load", ["site-packages"]),
+    ("yaml:load", ["site-packages"]),
+    ("qsp.compile.csim:run", ["not one of qsp's models"]),
+])
+def test_model_factory_refused_before_it_is_called(path, words, tmp_path, capsys):
+    """``--model subprocess:getoutput --model-kwargs '{cmd: ...}'`` once ran a shell command."""
+    marker = tmp_path / "called"
+    err = _bad(_train(), ["--model", path, "--model-kwargs", f"{{cmd: 'touch {marker}'}}", "--print-config"],
+               capsys, "model", path, *words)
+    assert not marker.exists(), err
+
+
+@pytest.mark.parametrize("path,words", [
+    ("tests.user_models:F", "is a module, not a function"),
+    ("tests.user_models:nn", "is a module, not a function"),
+    ("tests.bundles:make_bundle", "defined in 'qsp.bundle.export'"),  # imported, not defined there
+    ("tests.bundles:nothing", "no callable"),
+])
+def test_model_factory_must_be_defined_in_the_module(path, words):
+    from qsp.errors import ConfigError
+    from qsp.train.models import build_model
+
+    with pytest.raises(ConfigError, match=words):
+        build_model(path, {})
+
+
+def test_resume_rechecks_the_model_factory(tmp_path, capsys):
+    """``--resume`` reads config.yaml again: a factory edited into it is refused there too."""
+    from qsp.train.config import TrainConfig
+
+    cfg = TrainConfig(task="digits", model="tests.user_models:user_net", out=str(tmp_path)).to_dict()
+    cfg["model"] = "subprocess:getoutput"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    _bad(_train(), ["--resume", "--out", str(tmp_path)], capsys, "subprocess:getoutput", "standard library")
+
+
+def test_model_factory_of_a_user_module_still_works():
+    from qsp.train.models import build_model, import_factory
+    from torch import nn
+
+    assert isinstance(build_model("tests.user_models:user_net", {"width": 2}), nn.Module)
+    assert import_factory("tests.user_models:UserNet").__name__ == "UserNet"  # an nn.Module class
+    assert import_factory("qsp.train.models:mlp").__name__ == "mlp"
+
+
 if sys.platform == "win32":  # pragma: no cover - FIFOs
     pytest.skip("POSIX only", allow_module_level=True)

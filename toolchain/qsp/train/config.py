@@ -187,6 +187,9 @@ class TrainConfig:
         if self.model is not None and ":" not in self.model:
             from .models import MODELS
             _choice("model", self.model, tuple(MODELS), extra=" or package.module:factory")
+        if self.model is not None and ":" in self.model:  # checked again (and imported) before it is called
+            from .models import check_factory_module
+            check_factory_module(self.model)
         try:  # Plan checks bits, sparsities, rounding, quantiles
             (dataclasses.replace(self, order=ORDERS[0]) if self.order == "auto" else self).plan(total_steps=1)
         except ValueError as e:

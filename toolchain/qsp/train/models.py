@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -249,17 +250,80 @@ def factory_path(name: str) -> str:
     return f"{fn.__module__}:{fn.__name__}"
 
 
-def import_factory(path: str) -> Callable[..., nn.Module]:
-    mod_name, _, fn_name = path.partition(":")
-    if not mod_name or not fn_name:
+def _installed_dirs() -> list[Path]:
+    """The standard library's and the installed packages' directories (sysconfig, site)."""
+    import site
+    import sysconfig
+
+    dirs = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    dirs.update(site.getsitepackages() + [site.getusersitepackages()])
+    return [Path(d).resolve() for d in dirs if d]
+
+
+def check_factory_module(path: str) -> tuple[str, str]:
+    """(module, attribute) of a ``package.module:factory`` path whose package may be
+    imported for a model, checked WITHOUT importing anything: qsp's registered models, or
+    a user module (a package found outside the standard library and site-packages: your
+    source tree, PYTHONPATH, an editable install). Refused: the standard library and
+    builtins (``os:system``, ``subprocess:getoutput``) and installed third-party packages,
+    whose callables are not model factories; ConfigError says why."""
+    import importlib.util
+    import sys
+
+    mod_name, _, fn_name = str(path).partition(":")
+    parts = mod_name.split(".")
+    if not mod_name or not fn_name or not all(p.isidentifier() for p in parts) or not fn_name.isidentifier():
         raise ConfigError(f"model: {path!r} must look like package.module:factory")
+    top = parts[0]
+    if top == "qsp":  # qsp's own: only its registered models (other qsp functions run tools, write files)
+        if f"{mod_name}:{fn_name}" not in {factory_path(n) for n in MODELS}:
+            raise ConfigError(f"model: {path!r} is not one of qsp's models ({', '.join(MODELS)}); a model factory "
+                              f"of your own lives in your own module")
+        return mod_name, fn_name
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        raise ConfigError(f"model: {path!r} is in Python's standard library; a model factory must be a function "
+                          f"or nn.Module class defined in your own module (package.module:factory)")
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError) as e:
+        raise ConfigError(f"model: cannot find package {top!r} ({e})") from None
+    if spec is None:
+        raise ConfigError(f"model: cannot import module {mod_name!r} (no package {top!r} on the Python path)")
+    origin = spec.origin if spec.origin not in (None, "namespace") else next(iter(spec.submodule_search_locations
+                                                                                  or []), None)
+    if origin is None or origin in ("built-in", "frozen"):
+        raise ConfigError(f"model: {path!r}: package {top!r} is built into Python, not a user module")
+    where = Path(origin).resolve()
+    if any(where.is_relative_to(d) for d in _installed_dirs()):
+        raise ConfigError(f"model: {path!r}: package {top!r} is installed in {where.parent} (standard library or "
+                          f"site-packages); a model factory must be defined in your own module (put a function "
+                          f"returning the nn.Module in a file on the Python path)")
+    return mod_name, fn_name
+
+
+def import_factory(path: str) -> Callable[..., nn.Module]:
+    """The factory of ``package.module:factory`` (see :func:`check_factory_module`, checked
+    first): a function or an ``nn.Module`` subclass defined in that module itself (not one
+    it imported). It is called (by :func:`build_model`) only after these checks; on every
+    run, ``--resume`` included."""
+    import inspect
+
+    mod_name, fn_name = check_factory_module(path)
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
         raise ConfigError(f"model: cannot import module {mod_name!r} ({e})") from None
+    except Exception as e:  # noqa: BLE001 - the user's module failed while importing
+        raise ConfigError(f"model: importing {mod_name!r} failed ({type(e).__name__}: {e})") from None
     fn = getattr(mod, fn_name, None)
-    if not callable(fn):
+    if fn is None:
         raise ConfigError(f"model: module {mod_name!r} has no callable {fn_name!r}")
+    is_module_class = inspect.isclass(fn) and issubclass(fn, nn.Module)
+    if not (inspect.isfunction(fn) or is_module_class):
+        raise ConfigError(f"model: {path!r} is a {type(fn).__name__}, not a function or an nn.Module class")
+    if getattr(fn, "__module__", None) != mod.__name__:
+        raise ConfigError(f"model: {path!r} is defined in {getattr(fn, '__module__', '?')!r}, not in "
+                          f"{mod_name!r}: name the module that defines the factory")
     return fn
 
 
@@ -277,6 +341,8 @@ def resolve_model(name: str, model_kwargs: dict, input_shape, data_info) -> tupl
 
 def build_model(path: str, kwargs: dict) -> nn.Module:
     fn = import_factory(path)
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
+        raise ConfigError(f"model_kwargs: {kwargs!r} must be a mapping of argument names to values")
     try:
         m = fn(**kwargs)
     except TypeError as e:
