@@ -161,6 +161,8 @@ def test_import_estimate_compile_csim(brevitas_file, tmp_path, capsys):
     csim = np.asarray(res.hls_model.predict(np.ascontiguousarray(x.reshape(40, -1), np.float64)), np.float64)
     original = run_qonnx(brevitas_file, x, cleanup=False)
     assert np.array_equal(csim, original)
+    # qsp-compile wrote the QONNX export of the verified graph too; qonnx runs it to the same outputs
+    assert np.array_equal(run_qonnx(tmp_path / "hls" / "model.qonnx.onnx", x[:8]), original[:8])
     # one LSB of one bias in the original model: the same comparison fails
     bad = brevitas_mlp()
     t = _init(bad, "fc2_bias")
