@@ -5,7 +5,9 @@ Writes into DIR: ``hls4ml_prj/`` (the HLS project), ``accelerator_prj/`` (hls4ml
 VivadoAccelerator project, for boards it knows), ``qsp_hls_config.yaml`` (the hls4ml
 configuration qsp derived from the bundle; not hls4ml's own ``hls4ml_prj/hls4ml_config.yml``):
 edit it (ReuseFactor, Strategy, IOType, a Precision) and rebuild with ``--hls-config``,
-verified the same way), ``precision.txt``, ``model.onnx`` and ``verify.json``.
+verified the same way), ``precision.txt``, ``model.onnx``, ``model.qonnx.onnx`` (the same graph
+with QONNX Quant nodes, docs/qonnx.md) and ``verify.json``. BUNDLE may also be a QONNX model
+file (``model.onnx`` exported by Brevitas, ...): it is imported first.
 Exit status: 0 verified, 1 verification failed (per-layer report in verify.json), 2 bad
 input (bundle, board, option), 3 a tool failed (g++ missing, C++ build failed)."""
 from __future__ import annotations
