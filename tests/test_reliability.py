@@ -12,6 +12,7 @@ import os
 import stat
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import yaml
@@ -208,6 +209,64 @@ def test_model_factory_of_a_user_module_still_works():
     assert isinstance(build_model("tests.user_models:user_net", {"width": 2}), nn.Module)
     assert import_factory("tests.user_models:UserNet").__name__ == "UserNet"  # an nn.Module class
     assert import_factory("qsp.train.models:mlp").__name__ == "mlp"
+
+
+# ============================================================================ output folders, inputs, scans
+UNWRITABLE = "/proc/qsp-cannot-write-here/out"  # not writable even by root
+
+
+def _cmd(name):
+    import importlib
+    return importlib.import_module({"train": "qsp.train.cli", "compile": "qsp.compile.cli",
+                                    "estimate": "qsp.estimate.cli", "deploy": "qsp.deploy",
+                                    "flow": "qsp.flow"}[name]).main
+
+
+@pytest.mark.parametrize("cmd,extra", [("train", ["--epochs", "1"]), ("compile", []), ("estimate", []),
+                                       ("deploy", []), ("flow", ["--epochs", "1"])])
+@pytest.mark.parametrize("where", ["file", "unwritable", "under_file"])
+def test_out_checked_before_work_starts(cmd, extra, where, mlp_bundle, tmp_path, capsys):
+    """``--out`` on a file or an unwritable directory once failed after the work (a
+    traceback from mkdir); now exit 2 before training, compiling or estimating."""
+    f = tmp_path / "a_file"
+    f.write_text("keep me")
+    out = {"file": f, "unwritable": UNWRITABLE, "under_file": f / "sub"}[where]
+    argv = ([] if cmd in ("train", "flow") else [str(mlp_bundle)]) + ["--out", str(out)] + extra
+    err = _bad(_cmd(cmd), argv, capsys, "out", str(out))
+    assert f.read_text() == "keep me"
+    assert "Epoch" not in err and "converting" not in err
+
+
+@pytest.mark.parametrize("n", ["0", "-5"])
+def test_compile_max_inputs_must_be_positive(n, mlp_bundle, tmp_path, capsys):
+    """``--max-inputs -5`` once verified 354 of 359 inputs silently; 0 verified nothing."""
+    _bad(_cmd("compile"), [str(mlp_bundle), "--max-inputs", n, "--out", str(tmp_path)], capsys, "--max-inputs", n)
+    assert not any(tmp_path.iterdir())
+
+
+def test_report_scan_is_bounded_and_follows_no_links(tmp_path):
+    """The report's scan for runs once walked from / (a bundle at the top level)."""
+    from qsp.estimate.cli import _runs_folder
+    from qsp.paths import find_files
+    from qsp.report.html import find_runs
+
+    assert _runs_folder(Path("/bundle")) is None and _runs_folder(Path("/run/bundle")) is None
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "qspec.json").write_text("{}")
+    (tmp_path / "a" / "b" / "loop").symlink_to(tmp_path)  # a cycle, if it were followed
+    (tmp_path / "link.json").symlink_to("/etc/hostname")
+    os.mkfifo(tmp_path / "a" / "b" / "qspec.json")  # reading it would block
+    assert find_files(tmp_path, "qspec.json") == [tmp_path / "a" / "qspec.json"]
+    assert find_runs(tmp_path) == []  # {} is no run; the FIFO is never opened
+    for i in range(50):
+        (tmp_path / f"f{i}").write_text("")
+    assert find_files(tmp_path, "qspec.json", max_entries=10) == []  # stopped early
+
+
+def test_config_file_fifo_is_refused(tmp_path, capsys):
+    fifo = tmp_path / "run.yaml"
+    os.mkfifo(fifo)
+    _bad(_train(), ["--config", str(fifo), "--print-config"], capsys, "run.yaml")
 
 
 if sys.platform == "win32":  # pragma: no cover - FIFOs

@@ -124,6 +124,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     try:
+        from .paths import output_dir
+
+        output_dir(a.out, "--out")  # before reading the bundle and the project
         out = assemble(a.bundle, a.board, a.out, a.project, a.interface)
     except QspError as e:
         print(f"qsp.deploy: error: {e}", file=sys.stderr)

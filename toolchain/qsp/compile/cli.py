@@ -51,6 +51,13 @@ def _log(msg: str) -> None:
 
 
 def run(a) -> int:
+    from ..errors import ConfigError as _BadOption
+    from ..paths import output_dir
+
+    if a.max_inputs is not None and a.max_inputs < 1:  # [:0] or [:-5] would verify on nothing or drop inputs
+        raise _BadOption(f"--max-inputs {a.max_inputs}: must be >= 1 (leave it out to verify on every test input)")
+    if not a.dry_run:  # before any work, not after the build
+        output_dir(a.out if a.out else Path(a.bundle).resolve().parent / "hls", "--out")
     from ..boards import get_board
     from ..bundle import transforms
     from . import hls_config as hcf

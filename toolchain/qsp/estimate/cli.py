@@ -34,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from ..paths import output_dir
         from .core import estimate, strategies_from_project, summary_for_board
+
+        if args.out:  # before the work, not after it
+            output_dir(args.out, "--out")
 
         strategies = strategies_from_project(args.project) if args.project else None
         boards = "all" if args.board == "all" else [args.board]
@@ -68,7 +72,10 @@ def _runs_folder(bundle: Path) -> Path | None:
     """The folder above the run of this bundle (``runs/<run>/bundle``), if it looks like one."""
     b = bundle.resolve()
     run = b.parent if b.name == "bundle" else b
-    return run.parent if run.parent.is_dir() else None
+    runs = run.parent
+    if runs == run or runs.parent == runs or runs == Path.home():  # never scan / or a home folder
+        return None
+    return runs if runs.is_dir() else None
 
 
 def _json_default(o):

@@ -29,7 +29,8 @@ class RunPoint:
 
 
 def find_runs(folder, max_depth: int = 3) -> list[RunPoint]:
-    """Every bundle (``qspec.json``) under ``folder`` with a test metric: its metric and its
+    """Every bundle (``qspec.json``, a regular file at most ``max_depth`` folders down, found
+    by :func:`qsp.paths.find_files`) under ``folder`` with a test metric: its metric and its
     footprint (:func:`qsp.bundle.footprint.footprint`, from the spec alone)."""
     from ..bundle.footprint import footprint
     from ..bundle.schema import QSpec
@@ -37,11 +38,12 @@ def find_runs(folder, max_depth: int = 3) -> list[RunPoint]:
     out: list[RunPoint] = []
     if folder is None or not Path(folder).is_dir():
         return out
-    root = Path(folder)
-    for q in sorted(root.rglob("qspec.json")):
-        if len(q.relative_to(root).parts) > max_depth + 1:
-            continue
+    from ..paths import find_files
+
+    for q in find_files(folder, "qspec.json", max_depth):  # bounded, follows no symlinks, regular files only
         try:
+            if q.stat().st_size > 16 << 20:  # no spec is this large
+                continue
             spec = QSpec.from_dict(json.loads(q.read_text()))
         except Exception:  # a foreign or broken file is simply not a run
             continue

@@ -107,6 +107,8 @@ def run(cfg: TrainConfig, explicit: set[str] | None = None, echo=print) -> RunRe
         cfg, out = _resume_config(cfg, explicit)
     else:
         out = dd.broadcast_object(Path(cfg.out) if cfg.out else _new_run_dir(cfg.task))  # one run dir
+        from ..paths import output_dir
+        output_dir(out, "out")  # a file or a read-only place fails now, not after training
         if (out / "checkpoints").exists() and any((out / "checkpoints").iterdir()):
             raise ConfigError(f"out: {out} already holds a run; pass --resume to continue it or choose another --out")
     spec, data = load_task(cfg)
