@@ -7,8 +7,9 @@ fresh venv whose only other path is this interpreter's site-packages (a ``.pth``
 hls4ml and onnx come from the machine, and no ``.pth`` of the machine, such as an editable
 install's, is read), and from a temporary directory outside the repository runs
 qsp-estimate on every board, ``qsp-compile --dry-run``, a real ``qsp-compile`` with the
-C-simulation check, ``python -m qsp.deploy`` and the whole flow (``scripts/flow_check.sh``:
-qsp-flow, then its verify.json checked). Every path qsp uses must lie inside the venv, none
+C-simulation check, ``python -m qsp.deploy`` (its package's csim-verified test vectors) and
+the whole flow (``scripts/flow_check.sh``: ``qsp flow --epochs 5``, then its verify.json and
+deploy test vectors checked). Every path qsp uses must lie inside the venv, none
 inside the repository.
 """
 from __future__ import annotations
@@ -140,9 +141,14 @@ def test_compile_with_csim_and_deploy_from_a_temp_dir(env, mlp_bundle, tmp_path)
     # our HLS headers went into the project from the installed package
     mask_h = list((tmp_path / "hls").rglob("nnet_qsp_mask.h"))
     assert mask_h and mask_h[0].read_text() == (REPO / "hls" / "nnet_qsp_mask.h").read_text()
-    _run([py, "-m", "qsp.deploy", bundle, "--board", "pynq-z2", "--out", tmp_path / "deploy"], tmp_path, e)
+    _run([py, "-m", "qsp.deploy", bundle, "--project", tmp_path / "hls" / "accelerator_prj", "--out",
+          tmp_path / "deploy"], tmp_path, e)
     assert (tmp_path / "deploy" / "qsp_driver.py").read_text() == (REPO / "deploy/pynq/qsp_driver.py").read_text()
     assert (tmp_path / "deploy" / "README.md").exists()
+    # the package's test vectors: the 16 inputs and the C simulation's outputs for them
+    tb = (tmp_path / "deploy" / "tb_data" / "tb_output_predictions.dat").read_text()
+    assert len(tb.splitlines()) == 16
+    assert tb == (tmp_path / "hls" / "accelerator_prj" / "tb_data" / "tb_output_predictions.dat").read_text()
 
 
 @needs_system(HAS_GXX, "g++ not installed (the C-simulation needs it)")
@@ -151,11 +157,13 @@ def test_flow_check_from_a_temp_dir(env, tmp_path):
     """The whole flow (train digits -> compile -> csim -> three-way verify -> deploy ->
     estimate) with the installed wheel, through the csim check script CI and the image run."""
     _py, bindir, root, e = env
-    for tool in ("qsp-flow", "python"):
+    for tool in ("qsp", "python"):
         assert shutil.which(tool, path=e["PATH"]) == str(bindir / tool)
-    out = _run(["bash", REPO / "scripts" / "flow_check.sh", "runs/flow"], tmp_path, e, timeout=600)
+    out = _run(["bash", REPO / "scripts" / "flow_check.sh", "runs/flow", "--epochs", "5"], tmp_path, e, timeout=600)
     v = json.loads((tmp_path / "runs" / "flow" / "hls" / "verify.json").read_text())
     assert v["summary"]["ok"] and v["mismatches"] == 0 and v["inputs"] > 300, v["summary"]
     assert (tmp_path / "runs" / "flow" / "estimate" / "report.html").exists()
     assert (tmp_path / "runs" / "flow" / "deploy" / "qsp_driver.py").exists()
     assert "verify.json:" in out
+    n = len((tmp_path / "runs" / "flow" / "deploy" / "tb_data" / "tb_input_features.dat").read_text().splitlines())
+    assert n == v["inputs"] and f"deploy: {n} csim-verified test vectors" in out
