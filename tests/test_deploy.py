@@ -258,7 +258,7 @@ def test_mismatched_pair_is_refused(made, tmp_path, capsys):
     assert str(other) in msg and str(prj) in msg and str(b.path.resolve()) in msg
     from qsp.deploy import main
     assert main([str(other), "--project", str(prj), "--out", str(tmp_path / "y")]) == 2
-    assert "is not the bundle project" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    assert "is not the bundle project" in capsys.readouterr().err and not (tmp_path / "y" / "qsp_deploy.json").exists()
     # the same content elsewhere is the same bundle
     assemble(shutil.copytree(b.path, tmp_path / "copy"), None, tmp_path / "z", prj)
     # no project, the plain hls4ml project, another board, and a project without its record

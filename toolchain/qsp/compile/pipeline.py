@@ -22,6 +22,9 @@ from .verify import VerifyReport, compare, layer_report, task_metric, to_hls_lay
 
 PROJECT_DIR = "hls4ml_prj"
 ACCEL_DIR = "accelerator_prj"
+#: written by qsp-compile into each project it makes: the digest of the bundle the project
+#: was built from, board, options, and (accelerator project, once verified) what tb_data holds
+PROVENANCE = "qsp_project.json"
 
 
 @dataclass
@@ -141,6 +144,8 @@ def compile_bundle(bundle, out, opts: CompileOptions | None = None, steps=transf
     t["convert_s"] = time.perf_counter() - t0
     res = CompileResult(out, plan, None, t, log, project, hls_model=hm, strategies=strategies, strategy_plan=splan,
                         graph=tx)
+    digest = b.digest()
+    record_project(project, b, digest, opts, "hls")
 
     accel = accelerator_board
     if accel:
@@ -148,6 +153,7 @@ def compile_bundle(bundle, out, opts: CompileOptions | None = None, steps=transf
         say(f"writing the VivadoAccelerator project for {accel} ...")
         res.accelerator_project = clean_dir(out / ACCEL_DIR)
         convert(model, tx, cfg, opts, res.accelerator_project, backend="VivadoAccelerator", board=accel)
+        record_project(res.accelerator_project, b, digest, opts, "accelerator", hls4ml_board=accel)
         t["accelerator_s"] = time.perf_counter() - t0
     if not verify:
         return res
@@ -207,7 +213,42 @@ def compile_bundle(bundle, out, opts: CompileOptions | None = None, steps=transf
     from .verify import check
 
     check(rep)
+    if res.accelerator_project is not None:  # the board's self-check data: inputs + csim-verified outputs
+        path, outs = ("csim_testbench", tb_out_vals) if tb else ("hls4ml_predict", pred)
+        write_tb_data(res.accelerator_project, project / "tb_data" / "tb_input_features.dat", outs, path,
+                      len(x), b, digest, opts, accel)
     return res
+
+
+def record_project(project: Path, b: Bundle, digest: str, opts, kind: str, hls4ml_board: str | None = None,
+                   tb_data: dict | None = None) -> Path:
+    """Write ``project/qsp_project.json``: which bundle (path and content digest) the project
+    was built from, for which board and with which options."""
+    board = getattr(opts.board, "name", opts.board)
+    info = {"made_by": "qsp-compile", "kind": kind, "bundle": str(Path(b.path).resolve()) if b.path else None,
+            "bundle_sha256": digest, "board": board, "hls4ml_board": hls4ml_board, "backend": opts.backend,
+            "io_type": opts.io_type, "part": opts.part, "tb_data": tb_data}
+    f = project / PROVENANCE
+    f.write_text(json.dumps(info, indent=1))
+    return f
+
+
+def write_tb_data(accel: Path, inputs: Path, outputs: np.ndarray, source: str, n: int, b: Bundle, digest: str,
+                  opts, hls4ml_board: str) -> None:
+    """The accelerator project's tb_data: the test inputs the C simulation read (the design's
+    input order) and the outputs the C simulation produced (``source``), after they were
+    verified equal to the emulator and onnxruntime; hls4ml's own csim and the deploy
+    package's board-side self-check compare against them."""
+    import shutil
+
+    tb = accel / "tb_data"
+    tb.mkdir(exist_ok=True)
+    shutil.copy2(inputs, tb / "tb_input_features.dat")
+    csim.write_dat(tb / "tb_output_predictions.dat", np.asarray(outputs, np.float64))
+    record_project(accel, b, digest, opts, "accelerator", hls4ml_board,
+                   tb_data={"inputs": n, "outputs_from": source, "verified": True,
+                            "layout": "the design's stream order: inputs as the bundle (NCHW), outputs channels-last"})
+
 
 
 def build(hm, project: Path, opts: CompileOptions) -> None:
