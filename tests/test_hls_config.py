@@ -74,7 +74,7 @@ def test_readme_reuse_factor_edit_rebuilds_verified(readme_flow):
     assert {k: v for k, v in before.items() if k != "dense1"} == {k: v for k, v in after.items() if k != "dense1"}
     v = json.loads((second / "verify.json").read_text())
     assert v["summary"]["ok"] and v["mismatches"] == 0
-    assert {p["path"] for p in v["paths"] if p["ran"]} == {"onnxruntime", "hls4ml_predict", "csim_testbench"}
+    assert {"onnxruntime", "hls4ml_predict", "csim_testbench"} <= {p["path"] for p in v["paths"] if p["ran"]}
     # the estimator reads the compiled project's strategies from qsp's file
     from qsp.estimate.core import strategies_from_project
 

@@ -37,6 +37,63 @@ class Schedule:
         return self.prune_start + self.prune_interval * self.prune_repetition
 
 
+#: the Plan fields a per-layer override (:class:`LayerOverride`) may set
+LAYER_KEYS = ("weight_bits", "act_bits", "bias_bits", "weight_sparsity", "act_sparsity", "rounding", "per_channel")
+
+
+@dataclass(frozen=True)
+class LayerOverride:
+    """Plan settings for the layers whose module path matches ``match`` (an fnmatch
+    pattern over the paths qsp.convert wraps: weight layers such as ``features.0``,
+    activations such as ``features.1``, join quantizers such as ``add_quant``). Fields left
+    ``None`` keep the plan's value. In ``Plan.layers`` the first override whose pattern
+    matches a layer is the one that applies to it (no merging)."""
+
+    match: str
+    weight_bits: int | None = None
+    act_bits: int | None = None
+    bias_bits: int | None = None
+    weight_sparsity: float | None = None
+    act_sparsity: float | None = None
+    rounding: str | None = None
+    per_channel: bool | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.match, str) or not self.match.strip():
+            raise ValueError(f"layers: match {self.match!r} must be a non-empty layer-name pattern")
+        w = f"layers[{self.match!r}]"
+        for k in ("weight_bits", "act_bits", "bias_bits"):
+            if getattr(self, k) is not None:
+                fp.check_bits(getattr(self, k), f"{w}.{k}", 1, 24)
+        for k in ("weight_sparsity", "act_sparsity"):
+            if getattr(self, k) is not None:
+                check_sparsity(getattr(self, k), f"{w}.{k}")
+        if self.rounding is not None:
+            try:
+                fp.check_rounding(self.rounding)
+            except ValueError as e:
+                raise ValueError(f"{w}.rounding: {e}") from None
+        if self.per_channel is not None and not isinstance(self.per_channel, bool):
+            raise ValueError(f"{w}.per_channel: {self.per_channel!r} must be true or false")
+        if not self.settings():
+            raise ValueError(f"{w}: sets nothing; give at least one of {', '.join(LAYER_KEYS)}")
+
+    def settings(self) -> dict:
+        """The keys this override sets."""
+        return {k: getattr(self, k) for k in LAYER_KEYS if getattr(self, k) is not None}
+
+    @classmethod
+    def from_dict(cls, d) -> "LayerOverride":
+        if isinstance(d, cls):
+            return d
+        if not isinstance(d, dict) or "match" not in d:
+            raise ValueError(f"layers: each entry must be a mapping with 'match' and settings, not {d!r}")
+        bad = [k for k in d if k != "match" and k not in LAYER_KEYS]
+        if bad:
+            raise ValueError(f"layers[{d['match']!r}]: unknown key {bad[0]!r} (keys: match, {', '.join(LAYER_KEYS)})")
+        return cls(**d)
+
+
 @dataclass(frozen=True)
 class Plan:
     """What to quantize and prune, and when. Step fields left ``None`` are derived from
@@ -70,6 +127,8 @@ class Plan:
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
     quantize_activations: bool = True
+    #: per-layer overrides (:class:`LayerOverride` or mappings), first match wins
+    layers: tuple[LayerOverride, ...] = ()
 
     def __post_init__(self):
         fp.check_bits(self.weight_bits, "weight_bits", 1, 24)
@@ -85,6 +144,7 @@ class Plan:
         if not isinstance(self.total_steps, int) or self.total_steps < 1:
             raise ValueError(f"total_steps={self.total_steps!r} must be an integer >= 1")
         fp.check_rounding(self.rounding)
+        object.__setattr__(self, "layers", tuple(LayerOverride.from_dict(d) for d in (self.layers or ())))
         for k, low in (("prune_start", 0), ("quant_delay", 0), ("prune_interval", 1), ("prune_repetition", 1),
                        ("window", 1)):
             if getattr(self, k) is not None:
@@ -110,6 +170,15 @@ class Plan:
     def with_(self, **kw) -> "Plan":
         return replace(self, **kw)
 
+    def override_for(self, name: str) -> LayerOverride | None:
+        """The first override whose pattern matches module path ``name``, or None."""
+        return next((o for o in self.layers if fnmatch.fnmatchcase(name, o.match)), None)
+
+    def for_layer(self, name: str) -> "Plan":
+        """This plan with ``name``'s override applied (the plan itself when none matches)."""
+        o = self.override_for(name)
+        return replace(self, **o.settings(), layers=()) if o is not None else self
+
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
@@ -117,6 +186,21 @@ class Plan:
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _dense_layers(plan: Plan, weight_names: Sequence[str]) -> set[str]:
+    """The weight layers ``plan.dense`` keeps unpruned ("first"/"last" in execution order,
+    other entries fnmatch patterns); a per-layer override that sets ``weight_sparsity``
+    wins over it (see :func:`convert`)."""
+    dense = set()
+    for d in plan.dense:
+        if d == "first" and weight_names:
+            dense.add(weight_names[0])
+        elif d == "last" and weight_names:
+            dense.add(weight_names[-1])
+        else:
+            dense.update(n for n in weight_names if fnmatch.fnmatchcase(n, d))
+    return dense
 
 
 def _graph_parts(model: nn.Module):
@@ -157,7 +241,10 @@ def convert(model: nn.Module, plan: Plan | None = None, **overrides) -> nn.Modul
 
     Layers named in ``plan.dense`` (``"first"``/``"last"`` mean the first/last weight
     layer in execution order; other entries are fnmatch patterns on module paths) keep all
-    their weights (they are still quantized). ``include``/``exclude`` restrict which layers
+    their weights (they are still quantized). ``plan.layers`` overrides bits, sparsity,
+    rounding and per-channel per module path (first matching pattern wins; a pattern that
+    matches no layer is a ConfigError); an override that sets ``weight_sparsity`` (or
+    ``act_sparsity``) wins over ``dense`` for its layers. ``include``/``exclude`` restrict which layers
     are touched at all. Returns ``Sequential(input_quant, net)`` when ``plan.input_bits`` is
     set, where ``net`` is the captured graph module (it shares the model's parameters).
     """
@@ -168,20 +255,17 @@ def convert(model: nn.Module, plan: Plan | None = None, **overrides) -> nn.Modul
     # modules; otherwise (functional activations, joins to quantize) the graph module is
     changed = graph_changed(gm, model)
     weight_names = [n for n, _ in weights]
-    dense = set()
-    for d in plan.dense:
-        if d == "first" and weight_names:
-            dense.add(weight_names[0])
-        elif d == "last" and weight_names:
-            dense.add(weight_names[-1])
-        else:
-            dense.update(n for n in weight_names if fnmatch.fnmatchcase(n, d))
+    dense = _dense_layers(plan, weight_names)
 
     def selected(name):
         if plan.include is not None and not _matches(name, plan.include):
             return False
         return not _matches(name, plan.exclude)
 
+    act_names = [n for n, _ in acts] if plan.quantize_activations else []
+    join_names = ([f"{n.name}_quant" for n in join_nodes(gm, lambda n: _read_by_activation_alone(gm, n))]
+                  if plan.quantize_activations else [])
+    check_overrides(plan, weight_names + act_names + join_names)
     qkw = dict(delay=sch.quant_delay, window=min(sch.window, max(1, sch.quant_delay)) if sch.quant_delay else 1,
                rounding=plan.rounding, quantiles=plan.quantiles)
     pkw = dict(start=sch.prune_start, interval=sch.prune_interval, repetition=sch.prune_repetition)
@@ -190,10 +274,12 @@ def convert(model: nn.Module, plan: Plan | None = None, **overrides) -> nn.Modul
     dense_acts = [d for d in plan.dense if d not in ("first", "last")]
 
     def act_ops(name, signed):
+        lp, o = plan.for_layer(name), plan.override_for(name)
         ops = []
-        if plan.act_sparsity > 0 and not _matches(name, dense_acts):
-            ops.append(("prune", prune(sparsity=plan.act_sparsity, window=sch.window, **pkw)))
-        ops.append(("quant", quantize(bits=plan.act_bits, signed=signed, **qkw)))
+        keep = _matches(name, dense_acts) and (o is None or o.act_sparsity is None)  # an override's sparsity wins
+        if lp.act_sparsity > 0 and not keep:
+            ops.append(("prune", prune(sparsity=lp.act_sparsity, window=sch.window, **pkw)))
+        ops.append(("quant", quantize(bits=lp.act_bits, signed=signed, **dict(qkw, rounding=lp.rounding))))
         return ops if p_first else ops[::-1]
 
     for name, mod in weights:
@@ -201,12 +287,14 @@ def convert(model: nn.Module, plan: Plan | None = None, **overrides) -> nn.Modul
             continue
         bn = gm.get_submodule(bn_of[name]) if name in bn_of else None
         q = QLayer(mod, bn=bn)
-        do_prune = plan.weight_sparsity > 0 and name not in dense
+        lp, o = plan.for_layer(name), plan.override_for(name)
+        keep = name in dense and (o is None or o.weight_sparsity is None)  # an override's sparsity wins
+        do_prune = lp.weight_sparsity > 0 and not keep
         steps = []
         if do_prune:
-            steps.append(lambda q: q.add_prune(sparsity=plan.weight_sparsity, **pkw))
-        steps.append(lambda q: q.add_quantize(plan.weight_bits, bias_bits=plan.bias_bits,
-                                              per_channel=plan.per_channel, signed=True, **qkw))
+            steps.append(lambda q, lp=lp: q.add_prune(sparsity=lp.weight_sparsity, **pkw))
+        steps.append(lambda q, lp=lp: q.add_quantize(lp.weight_bits, bias_bits=lp.bias_bits, per_channel=lp.per_channel,
+                                                     signed=True, **dict(qkw, rounding=lp.rounding)))
         for s in (steps if p_first else steps[::-1]):
             s(q)
         put_module(gm, name, q, model)
@@ -241,6 +329,42 @@ def convert(model: nn.Module, plan: Plan | None = None, **overrides) -> nn.Modul
 
 
 
+
+
+def check_overrides(plan: Plan, names: Sequence[str]) -> None:
+    """Every per-layer override's pattern matches one of ``names`` (the module paths
+    convert wraps), else a ConfigError naming the pattern and the paths."""
+    from ..errors import ConfigError
+
+    for o in plan.layers:
+        if not any(fnmatch.fnmatchcase(n, o.match) for n in names):
+            raise ConfigError(f"layers: pattern {o.match!r} matches no layer of the model (its layers: "
+                              f"{', '.join(names)})")
+
+
+def layer_settings(model: nn.Module, plan: Plan) -> list[dict]:
+    """What :func:`convert` gives each layer of ``model`` (before conversion): one row per
+    weight layer and activation (module path, kind, bits, sparsity, rounding, per-channel, and
+    the override pattern that applied, or None), with the ``dense`` rule and the overrides
+    resolved as convert resolves them. For the run's config.yaml and the train report."""
+    gm, weights, acts = _graph_parts(model)
+    wn = [n for n, _ in weights]
+    dense = _dense_layers(plan, wn)
+    dense_acts = [d for d in plan.dense if d not in ("first", "last")]
+    rows = []
+    for name in wn:
+        lp, o = plan.for_layer(name), plan.override_for(name)
+        keep = name in dense and (o is None or o.weight_sparsity is None)
+        rows.append({"layer": name, "kind": "weights", "bits": lp.weight_bits,
+                     "sparsity": 0.0 if keep else lp.weight_sparsity, "rounding": lp.rounding,
+                     "per_channel": lp.per_channel, "override": o.match if o else None})
+    for name in ([n for n, _ in acts] if plan.quantize_activations else []):
+        lp, o = plan.for_layer(name), plan.override_for(name)
+        keep = _matches(name, dense_acts) and (o is None or o.act_sparsity is None)
+        rows.append({"layer": name, "kind": "activation", "bits": lp.act_bits,
+                     "sparsity": 0.0 if keep else lp.act_sparsity, "rounding": lp.rounding,
+                     "per_channel": None, "override": o.match if o else None})
+    return rows
 
 
 def qsp_modules(model: nn.Module):

@@ -91,8 +91,16 @@ class TrainConfig:
     per_channel: bool = _f(False, "one fraction-bit count per output channel of each weight")
     dense: list = _f(["first", "last"], "weight layers left unpruned (still quantized): first, last, or "
                      "fnmatch patterns of layer names")
+    layers: list = _f([], "per-layer overrides, first match wins: a list of mappings, each 'match' (an fnmatch "
+                      "pattern over module paths, e.g. 'features.0*') and any of weight_bits, act_bits, bias_bits, "
+                      "weight_sparsity, act_sparsity, rounding, per_channel (YAML; on the command line e.g. "
+                      "'[{match: \"3\", weight_bits: 4}]'); see docs/train.md")
     djpq: dict = _f({}, "settings of --method djpq (qsp.djpq.DJPQConfig keys, e.g. '{bops_target: 0.02, "
                     "pow2: true}' or '{lambda_bops: 2.0}'); other methods ignore it")
+    init: str | None = _f(None, "start from trained float weights: 'float' trains the float model first "
+                          "(init_epochs) and quantizes/prunes from it; or the path of a state_dict (.pt) of the "
+                          "model; null: from the seeded random initialisation")
+    init_epochs: int | None = _f(None, "epochs of the float model trained by init: float (default: epochs)")
     # ---------------------------------------------------------------- output
     out: str | None = _f(None, "run directory (default: runs/<task>-<timestamp>, with runs/latest pointing at it)")
     resume: bool = _f(False, "continue the run in `out` (default: runs/latest) from its last checkpoint")
@@ -190,12 +198,15 @@ class TrainConfig:
         if self.model is not None and ":" in self.model:  # checked again (and imported) before it is called
             from .models import check_factory_module
             check_factory_module(self.model)
+        if self.layers and self.method != "qsparse":
+            raise ConfigError(f"layers: per-layer overrides are for method qsparse; {self.method} chooses each "
+                              "layer's bits itself (remove 'layers' or use --method qsparse)")
         try:  # Plan checks bits, sparsities, rounding, quantiles
             (dataclasses.replace(self, order=ORDERS[0]) if self.order == "auto" else self).plan(total_steps=1)
         except ValueError as e:
             msg = str(e)
-            key = next((k for k in PLAN_KEYS if msg.startswith(k)), "plan")
-            raise ConfigError(f"{key}: {msg}") from None
+            key = next((k for k in PLAN_KEYS + ("layers",) if msg.startswith(k)), "plan")
+            raise ConfigError(msg if key == "layers" else f"{key}: {msg}") from None
         return self
 
     # ================================================================== derived
@@ -203,6 +214,7 @@ class TrainConfig:
         kw = {k: getattr(self, k) for k in PLAN_KEYS}
         kw["quantiles"] = tuple(self.quantiles) if self.quantiles is not None else None
         kw["dense"] = tuple(self.dense)
+        kw["layers"] = tuple(self.layers)
         return Plan(total_steps=int(total_steps), **kw)
 
 
@@ -216,6 +228,25 @@ def load_yaml(path) -> dict:
     except yaml.YAMLError as e:
         raise ConfigError(f"config: {path} is not valid YAML ({e})") from None
     return d or {}
+
+
+def _layer_override(v) -> dict:
+    """One entry of ``layers``: a mapping with 'match'; keys and values are checked by
+    qsp.nn.LayerOverride (in validate), types here."""
+    from ..nn import LAYER_KEYS
+
+    if not isinstance(v, dict) or "match" not in v:
+        raise ConfigError(f"layers: each entry must be a mapping with 'match' and settings, not {v!r}")
+    out = {"match": coerce("layers: match", str, v["match"])}
+    types_ = {"weight_bits": int, "act_bits": int, "bias_bits": int, "weight_sparsity": float,
+              "act_sparsity": float, "rounding": str, "per_channel": bool}
+    for k, x in v.items():
+        if k == "match":
+            continue
+        if k not in LAYER_KEYS:
+            raise ConfigError(f"layers[{out['match']!r}]: unknown key {k!r} (keys: match, {', '.join(LAYER_KEYS)})")
+        out[k] = coerce(f"layers[{out['match']!r}].{k}", types_[k], x)
+    return out
 
 
 def _choice(key, value, allowed, extra=""):
@@ -283,6 +314,11 @@ def coerce(key: str, tp, value):
             raise ConfigError(f"{key}: {value!r} is not a string")
         return str(value)
     if base is list:
+        if isinstance(value, str) and key == "layers":
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{key}: {value!r} is not a YAML/JSON list ({e})") from None
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
@@ -292,6 +328,8 @@ def coerce(key: str, tp, value):
                 return [float(v) for v in value]
             except (TypeError, ValueError):
                 raise ConfigError(f"{key}: {value!r} must be two numbers [low, high]") from None
+        if key == "layers":
+            return [_layer_override(v) for v in value]
         return [str(v) if key == "dense" else v for v in value]
     if base is dict:
         if isinstance(value, str):

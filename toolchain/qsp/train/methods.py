@@ -62,6 +62,8 @@ class TrainingMethod:
     def __init__(self, cfg):
         self.cfg = cfg
         self.plan = None
+        #: per layer, what the plan gives it (qsp.nn.layer_settings), set by prepare
+        self.layer_table: list[dict] = []
 
     def prepare(self, model: nn.Module, cfg, total_steps: int) -> nn.Module:
         return model
@@ -112,8 +114,11 @@ class QSparse(TrainingMethod):
     def prepare(self, model, cfg, total_steps):
         from ..nn import convert
 
+        from ..nn import layer_settings
+
         self.plan = cfg.plan(total_steps)
         check_schedule(self.plan)
+        self.layer_table = layer_settings(model, self.plan)
         return convert(model, self.plan)
 
     def status(self, model):

@@ -149,6 +149,12 @@ def _train_and_export(cfg, spec, data, out: Path, echo, order_auto: dict | None 
         trainer.build()
     if trainer.graph_ops:
         echo("graph: " + ", ".join(f"{op} x{k}" for op, k in trainer.graph_ops.items()))
+    if cfg.layers and method.layer_table:  # the per-layer overrides, resolved: in config.yaml and the report
+        table = layer_table(method.layer_table)
+        echo("per-layer plan (first matching 'layers' pattern wins):\n" + table)
+        if dd.is_main():
+            (out / "config.yaml").write_text(cfg.to_yaml() + "# resolved per layer (first matching 'layers' "
+                                             "pattern wins):\n" + "".join(f"#   {ln}\n" for ln in table.splitlines()))
     res = trainer.fit(resume=resume)
     if res.stopped:
         echo(f"stopped after step {res.steps} of {trainer.total_steps} (max_steps); continue with: "
@@ -156,6 +162,8 @@ def _train_and_export(cfg, spec, data, out: Path, echo, order_auto: dict | None 
         return RunReport(out, True)
 
     metrics = _evaluate(trainer, data, spec)
+    if cfg.layers and method.layer_table:
+        metrics["layer_plan"] = method.layer_table
     metrics["train_seconds"] = round(res.seconds, 2)
     metrics["float"] = _float_baseline(cfg, spec, data, factory, kwargs, out, echo)
 
@@ -270,6 +278,15 @@ def _footprint_metrics(bundle, metrics) -> dict:
     return d
 
 
+def layer_table(rows: list[dict]) -> str:
+    """The resolved per-layer plan (qsp.nn.layer_settings rows) as an aligned table."""
+    head = ("layer", "kind", "bits", "sparsity", "rounding", "per_channel", "override")
+    body = [(r["layer"], r["kind"], str(r["bits"]), f"{r['sparsity']:g}", r["rounding"],
+             "-" if r["per_channel"] is None else str(r["per_channel"]).lower(), r["override"] or "-") for r in rows]
+    w = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w[i]) for i, c in enumerate(x)).rstrip() for x in [head] + body)
+
+
 def report_table(m: dict) -> str:
     """The end-of-run report as an aligned text table."""
     if not m:
@@ -303,4 +320,6 @@ def report_table(m: dict) -> str:
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
+    if m.get("layer_plan"):
+        lines += ["", "per-layer plan (first matching 'layers' pattern wins):", layer_table(m["layer_plan"])]
     return "\n".join(lines)
