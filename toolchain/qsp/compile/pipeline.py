@@ -18,7 +18,8 @@ from . import hls_config as hcf
 from .hls4ml_project import CompileOptions, clean_dir, convert, plan_strategies, rule_strategies
 from .hls4ml_project import hls_config as hls_config_dict
 from .precision import PrecisionPlan, derive
-from .verify import VerifyReport, compare, layer_report, task_metric, to_hls_layout
+from .verify import (VerifyReport, compare, layer_report, task_metric, to_hls_layout, trained_model_error,
+                     trained_model_path)
 
 PROJECT_DIR = "hls4ml_prj"
 ACCEL_DIR = "accelerator_prj"
@@ -114,6 +115,14 @@ def compile_bundle(bundle, out, opts: CompileOptions | None = None, steps=transf
     if not np.array_equal(emulate(tx, x), ref):
         raise VerificationError(f"the graph transformations {list(steps)} changed the outputs (a qsp bug); "
                                 "rerun with --no-transforms")
+    trained = trained_model_path(b, ref)  # the bundle is still the model training measured
+    if trained is not None and trained.mismatches:
+        bad = VerifyReport(len(x), paths=[trained], transforms=log)
+        (out / "verify.json").write_text(json.dumps(bad.to_dict(), indent=1))
+        raise trained_model_error(trained, bad)
+    if trained is None:
+        say("WARNING: the bundle carries no trained-model outputs (built by hand, or schema < 3): its emulation "
+            "cannot be checked against the trained model")
 
     # ---- the hls4ml project
     t0 = time.perf_counter()
@@ -198,6 +207,7 @@ def compile_bundle(bundle, out, opts: CompileOptions | None = None, steps=transf
 
     rep = VerifyReport(len(x), transforms=log)
     rep.paths = [compare("onnxruntime", ref, onnx_out, onnx_note), compare("hls4ml_predict", ref, pred)]
+    rep.trained_model = trained
     if tb:
         rep.paths.append(compare("csim_testbench", ref, tb_out_vals))
     rep.metric = task_metric(b.qspec.task, tb_out_vals if tb else pred, ref.shape, y)

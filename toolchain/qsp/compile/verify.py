@@ -54,6 +54,8 @@ class VerifyReport:
     transforms: list[str] = field(default_factory=list)
     layers: list[LayerDiff] = field(default_factory=list)
     first_diverging_layer: str | None = None
+    #: the emulation against the trained model's outputs recorded at export (None: the bundle has none)
+    trained_model: PathResult | None = None
 
     @property
     def mismatches(self) -> int:
@@ -70,6 +72,7 @@ class VerifyReport:
                          "metric": self.metric},
              "mismatches": self.mismatches, "inputs": self.inputs,
              "paths": [asdict(p) for p in self.paths], "metric": self.metric, "transforms": self.transforms}
+        d["trained_model"] = asdict(self.trained_model) if self.trained_model else None
         if self.layers:
             d["per_layer"] = [asdict(x) for x in self.layers]
             d["first_diverging_layer"] = self.first_diverging_layer
@@ -102,6 +105,26 @@ def compare(path: str, ref: np.ndarray, got, note: str = "") -> PathResult:
         first = {"input": i, "output": j, "got": float(g[i, j]), "expected": float(r[i, j])}
     return PathResult(path, n, int(r.size), len(bad), float(diff.max()) if diff.size else 0.0,
                       note=note, first_mismatch=first)
+
+
+def trained_model_path(bundle, ref: np.ndarray) -> PathResult | None:
+    """The emulation ``ref`` against the trained model's outputs recorded in the bundle at
+    export (path ``trained_model``; None when the bundle has none)."""
+    from ..verify.emulate import trained_model_diff
+
+    d = trained_model_diff(bundle, ref)
+    if d is None:
+        return None
+    return PathResult("trained_model", len(ref), d[0], d[1], d[2],
+                      note="emulation vs the trained PyTorch model's outputs recorded at export")
+
+
+def trained_model_error(p: PathResult, report: "VerifyReport") -> VerificationError:
+    return VerificationError(
+        f"the bundle is not the trained model: its emulation differs from the trained model's outputs recorded at "
+        f"export on {p.mismatches} of {p.outputs_compared} outputs (max {p.max_abs_diff:g}); weights.npz or "
+        "qspec.json were changed after training. Re-export the bundle from its run (qsp-train --resume --out RUN) "
+        "or train again", report)
 
 
 def task_metric(task, out_hls: np.ndarray, ref_nchw_shape, y) -> dict:

@@ -185,6 +185,7 @@ def _train_and_export(cfg, spec, data, out: Path, echo, order_auto: dict | None 
     bundle = method.export(model, task=task_info, model_ref=ModelRef(factory, kwargs),
                            test_x=data.x_test[:n_keep], test_y=data.y_test[:n_keep], metrics={},
                            extra={"run": str(out), **({"order_auto": order_auto} if order_auto else {})})
+    _check_exported(bundle)
     metrics.update(_footprint_metrics(bundle, metrics))
     bundle.qspec.metrics = metrics
     bpath = bundle.write(out / "bundle")
@@ -204,6 +205,19 @@ def _train_and_export(cfg, spec, data, out: Path, echo, order_auto: dict | None 
     echo(f"bundle: {bpath}")
     dd.barrier()
     return rep
+
+
+def _check_exported(bundle) -> None:
+    """The exported bundle's exact emulation equals the trained model's own outputs on the
+    test inputs (both computed here, bit for bit); anything else is a qsp bug."""
+    from ..errors import BundleError
+    from ..verify.emulate import trained_model_diff
+
+    d = trained_model_diff(bundle)
+    if d is not None and d[1]:
+        raise BundleError(f"the exported bundle's emulation differs from the trained model on {d[1]} of {d[0]} test "
+                          f"outputs (max {d[2]:g}): a qsp bug in the exporter or the emulator; please report it with "
+                          "the run's config.yaml")
 
 
 def _silent(*args, **kwargs) -> None:

@@ -559,6 +559,27 @@ def emulate_codes(bundle: Bundle, x: np.ndarray) -> list[tuple[str, Fixed]]:
     return res
 
 
+def trained_model_diff(bundle: Bundle, emulated: np.ndarray | None = None) -> tuple[int, int, float] | None:
+    """The bundle's exact emulation against the trained model's own outputs recorded at
+    export (test_data.npz ``model_out``, see :func:`qsp.bundle.export.trained_outputs`):
+    ``(outputs compared, outputs that differ, largest |difference|)``, exact equality, no
+    tolerance. ``emulated`` is ``emulate(bundle, test_x[:n])`` when already computed (its
+    first ``n`` inputs are compared). None when the bundle carries no such outputs (built by
+    hand, or schema < 3). A bundle edited after training (a transposed weight, a bias
+    replaced by zeros, a format changed) differs here even when every later path agrees
+    with its emulation."""
+    if bundle.model_out is None or bundle.test_x is None:
+        return None
+    if emulated is None:
+        emulated = emulate(bundle, bundle.test_x)
+    want = np.asarray(bundle.model_out, np.float64)[:len(emulated)]
+    got = np.asarray(emulated, np.float64)
+    if got.shape != want.shape:
+        return int(want.size), int(want.size), float("inf")
+    diff = np.abs(got - want)
+    return int(want.size), int(np.count_nonzero(got != want)), float(diff.max()) if diff.size else 0.0
+
+
 # ============================================================================ float32 torch
 def fake_quant_forward(bundle: Bundle, x, trace: bool = False):
     """The training-time computation of the graph in float32 torch: ``F.linear`` /
