@@ -269,5 +269,126 @@ def test_config_file_fifo_is_refused(tmp_path, capsys):
     _bad(_train(), ["--config", str(fifo), "--print-config"], capsys, "run.yaml")
 
 
+# ============================================================================ the verifier
+def test_compare_is_exact_at_every_scale():
+    """A comparison that tolerated a 2^-4 difference once passed the whole suite: one LSB of
+    any format, in one output of one path, is one mismatch."""
+    import numpy as np
+
+    from qsp.compile.verify import compare
+
+    rng = np.random.default_rng(0)
+    ref = np.round(rng.normal(size=(6, 10)) * 256) / 256
+    for path in ("onnxruntime", "hls4ml_predict", "csim_testbench"):
+        for k in range(0, 25):
+            got = ref.copy().reshape(6, -1)
+            got[5, 9] += 2.0 ** -k
+            r = compare(path, ref, got)
+            assert (r.mismatches, r.max_abs_diff) == (1, 2.0 ** -k), (path, k)
+        got = ref.copy()
+        got[0, 0] = np.nan
+        assert compare(path, ref, got).mismatches == 1
+        assert compare(path, ref, None).ran is False  # a path that did not run is no pass
+
+
+def _fake_testbench(project, script: str, n_in: int = 3):
+    from qsp.compile import csim
+
+    (project / "tb_data").mkdir(parents=True, exist_ok=True)
+    (project / csim.TB_IN).write_text("0.5 0.25 \n" * n_in)
+    (project / csim.TB_OUT).write_text("7 7 \n" * n_in)  # qsp's expected outputs: never read back
+    tb = project / "csim_tb"
+    tb.write_text("#!/bin/sh\n" + script)
+    tb.chmod(0o755)
+
+
+@pytest.mark.parametrize("script,words", [
+    ("exit 0\n", "wrote no"),  # a stale results file (below) must not be read instead
+    ("cp tb_data/tb_output_predictions.dat tb_data/csim_results.log\n", None),  # echoes: values differ
+    ("printf '1 2\\n1 2\\n' > tb_data/csim_results.log\n", "2 result lines for 3 input lines"),
+    ("printf '1 x\\n1 2\\n1 2\\n' > tb_data/csim_results.log\n", "not a table of numbers"),
+    ("exit 3\n", r"failed \(exit 3\)"),
+])
+def test_csim_results_come_from_this_run_of_the_binary(tmp_path, script, words):
+    import numpy as np
+
+    from qsp.compile import csim
+    from qsp.errors import ToolError
+
+    _fake_testbench(tmp_path, script)
+    (tmp_path / csim.RESULTS).write_text("0.5 0.25 \n" * 3)  # stale, from an earlier run
+    if words is None:  # read back what the binary wrote (here: a copy of the 7s), never the stale file
+        assert np.array_equal(csim.run(tmp_path, 2), np.full((3, 2), 7.0))
+        return
+    with pytest.raises(ToolError, match=words):
+        csim.run(tmp_path, 2)
+    assert not (tmp_path / csim.RESULTS).exists() or words != "wrote no"
+
+
+def _rename_node(b, old, new):
+    for n in b.graph:
+        if n.name == old:
+            n.name = new
+        n.inputs = [new if i == old else i for i in n.inputs]
+    for k in list(b.weights):
+        if k.startswith(old + "."):
+            b.weights[new + k[len(old):]] = b.weights.pop(k)
+    return b
+
+
+@pytest.mark.parametrize("name,hls_name", [("max", "max_1"), ("x", "x_1"), ("len", "len_1")])
+def test_node_renamed_by_the_frontend_is_refused_naming_it(name, hls_name):
+    """A layer renamed by hls4ml (torch.fx) once silently lost qsp's precision settings and
+    the mismatch report named the next layer: now refused before conversion, naming both."""
+    from qsp.bundle import transforms
+    from qsp.compile.deploy import build_deploy_model
+    from qsp.compile.precision import derive
+    from qsp.errors import UnsupportedLayerError
+    from tests.bundles import build_bundle
+
+    tx, _ = transforms.run(_rename_node(build_bundle("mlp", steps=5, n_test=4), "dense2", name))
+    with pytest.raises(UnsupportedLayerError) as e:
+        build_deploy_model(tx, derive(tx))
+    assert repr(name) in str(e.value) and repr(hls_name) in str(e.value)
+    tx, _ = transforms.run(_rename_node(build_bundle("mlp", steps=5, n_test=4), "dense2", "hidden_2"))
+    names = [n.name for n in build_deploy_model(tx, derive(tx)).graph.nodes if n.op == "call_module"]
+    assert "hidden_2" in names  # an ordinary name goes through unchanged
+
+
+def test_every_activation_format_has_the_sign_its_values_need(mlp_bundle, cnn_bundle):
+    """Signedness of every activation: a quantizer after a ReLU (or mask/pool of one) is
+    unsigned, and every value the emulator traces on the test inputs fits its node's format
+    (a negative value never meets an unsigned format)."""
+    import numpy as np
+
+    from qsp.bundle import read_bundle
+    from qsp.estimate.counts import count_graph
+    from qsp.verify.emulate import emulate
+
+    for path in (mlp_bundle, cnn_bundle):
+        b = read_bundle(path)
+        nodes = {n.name: n for n in b.graph}
+        trace = emulate(b, b.test_x[:16], trace=True)
+        fmts = {c.name: c.out_format for c in count_graph(b).nodes}
+        checked = 0
+        for n in b.graph:
+            if n.op != "quantize":
+                continue
+            src = nodes.get(n.inputs[0])
+            while src is not None and src.op in ("mask", "maxpool2d", "flatten"):
+                src = nodes.get(src.inputs[0])
+            if src is not None and src.op == "relu":
+                assert not n.format.signed, f"{path}: {n.name} follows a ReLU but is signed"
+            v = np.asarray(trace[n.name], np.float64)
+            assert v.min() >= 0 or n.format.signed, f"{path}: {n.name} holds negatives in an unsigned format"
+            checked += 1
+        assert checked >= 2
+        for name, f in fmts.items():  # every node's exact format holds its traced values
+            if name in trace and f is not None:
+                v = np.asarray(trace[name], np.float64)
+                assert f.signed or v.min() >= 0, (path, name)
+                assert v.min() >= f.min and v.max() <= f.max, (path, name, f)
+
+
 if sys.platform == "win32":  # pragma: no cover - FIFOs
     pytest.skip("POSIX only", allow_module_level=True)

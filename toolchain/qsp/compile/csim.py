@@ -192,23 +192,45 @@ def finish_build(proc: subprocess.Popen, project: Path, progress=None) -> None:
 
 
 def run(project: Path, n_out: int, progress=None) -> np.ndarray:
-    """Run ./csim_tb; return its outputs (samples x n_out, float64)."""
+    """Run ./csim_tb; return its outputs (samples x n_out, float64). The outputs provably come
+    from this run of the binary: ``csim_results.log`` is deleted before it starts, must exist
+    afterwards as a regular file written during the run, and must hold one line of ``n_out``
+    numbers per line of ``tb_input_features.dat`` (the inputs the binary read). qsp's
+    expected-output file (``tb_output_predictions.dat``) is never read back."""
+    project = Path(project)
+    results = project / RESULTS
+    results.unlink(missing_ok=True)
+    if results.exists():
+        raise ToolError(f"{results}: a stale results file could not be removed before the C simulation")
+    n_in = sum(1 for line in (project / TB_IN).read_text().splitlines() if line.strip())
     t0 = time.perf_counter()
-    (project / RESULTS).unlink(missing_ok=True)
+    started = time.time()
     p = subprocess.run(["./csim_tb"], cwd=project, capture_output=True, text=True)
     if p.returncode != 0:
         raise ToolError(f"the standalone testbench in {project} failed (exit {p.returncode}):\n{p.stdout[-2000:]}"
                         f"{p.stderr[-2000:]}")
+    if not results.is_file():
+        raise ToolError(f"the standalone testbench in {project} exited 0 but wrote no {RESULTS}")
+    if results.stat().st_mtime < started - 2.0:  # coarse file-system clocks: 2 s of slack
+        raise ToolError(f"{results} is older than this C simulation run: not the binary's output")
     if progress:
         progress(f"csim testbench ran in {time.perf_counter() - t0:.1f} s")
-    return read_results(project / RESULTS, n_out)
+    out = read_results(results, n_out)
+    if len(out) != n_in:
+        raise ToolError(f"{results}: {len(out)} result lines for {n_in} input lines in {TB_IN}")
+    return out
 
 
 def read_results(path: Path, n_out: int) -> np.ndarray:
+    """``csim_results.log`` as a (samples x n_out) float64 array; ToolError when a line is not
+    ``n_out`` numbers."""
     rows = [line.split() for line in Path(path).read_text().splitlines() if line.strip()]
-    a = np.array([[float(v) for v in r] for r in rows], dtype=np.float64)
+    try:
+        a = np.array([[float(v) for v in r] for r in rows], dtype=np.float64)
+    except ValueError as e:
+        raise ToolError(f"{path}: not a table of numbers ({e})") from None
     if a.ndim != 2 or a.shape[1] != n_out:
-        raise QspError(f"{path}: expected {n_out} values per line, got shape {a.shape}")
+        raise ToolError(f"{path}: expected {n_out} values per line, got shape {a.shape}")
     return a
 
 

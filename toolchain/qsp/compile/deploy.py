@@ -140,4 +140,10 @@ def build_deploy_model(bundle, plan: PrecisionPlan) -> nn.Module:
         root.add_module(lp.name, mod)
         env[lp.name] = g.call_module(lp.name, tuple(env[i] for i in lp.inputs))
     g.output(env[plan.output or plan.layers[-1].name])
+    for node in g.nodes:  # hls4ml names each layer after its fx node: it must be the bundle's name
+        if node.op == "call_module" and node.name != node.target:
+            raise UnsupportedLayerError(
+                f"node {node.target!r}: hls4ml's PyTorch frontend would call this layer {node.name!r} (torch.fx "
+                f"renames Python keywords, builtins and clashing names), so qsp's precision settings for "
+                f"{node.target!r} would not reach it; rename the node in the bundle")
     return fx.GraphModule(root, g, "DeployModel").eval()
