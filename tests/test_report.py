@@ -46,6 +46,39 @@ def test_report_self_contained(tmp_path, mlp_bundle, cnn_bundle):
         assert name in html
 
 
+def test_report_uses_the_asked_board_and_plots_the_float_model(tmp_path, mlp_bundle):
+    """The per-layer resource table is the asked board's (it was alveo-u200's, alphabetically
+    first, under --board all); each run with a float baseline adds its float32 point."""
+    import json
+
+    from qsp.errors import BoardError
+    from qsp.estimate.cli import main
+    runs = tmp_path / "runs"
+    shutil.copytree(mlp_bundle, runs / "r1" / "bundle")
+    q = runs / "r1" / "bundle" / "qspec.json"
+    d = json.loads(q.read_text())
+    d["metrics"].update(test_metric=0.81, float={"test_metric": 0.93})
+    q.write_text(json.dumps(d))
+    est = estimate(runs / "r1" / "bundle", ["alveo-u200", "pynq-z2", "zcu102"])
+    title = re.compile(r"<h3>Per-layer resources on ([\w-]+)</h3>")
+    assert title.findall(render_report(est, runs, board="zcu102")) == ["zcu102"]
+    assert title.findall(render_report(est, runs, board="pynq")) == ["pynq-z2"]  # an alias
+    assert title.findall(render_report(est, runs)) == ["pynq-z2"]  # the flow's default board
+    try:
+        render_report(est, runs, board="kv260")
+        raise AssertionError("kv260 was not estimated")
+    except BoardError as e:
+        assert "kv260" in str(e)
+    html = render_report(est, runs)
+    assert "r1 (float32)" in html and "0.93" in html
+    (r,) = find_runs(runs)
+    assert r.float_metric == 0.93 and r.float_footprint_bits == est.totals.float_footprint_bits
+    # through the CLI, as qsp-flow calls it
+    assert main([str(runs / "r1" / "bundle"), "--board", "all", "--report-board", "zcu102",
+                 "--out", str(tmp_path / "est")]) == 0
+    assert title.findall((tmp_path / "est" / "report.html").read_text()) == ["zcu102"]
+
+
 def _chromium_dump(page: Path, tmp_path: Path) -> tuple[str, str]:
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",

@@ -80,7 +80,7 @@ def _flow(argv=None) -> int:
         from .estimate import cli as estimate_cli
 
         if rc := _stage("estimate", estimate_cli.main,
-                        [str(bundle), "--board", "all", "--out", str(out / "estimate")]):
+                        [str(bundle), "--board", "all", "--report-board", a.board, "--out", str(out / "estimate")]):
             return rc
     verify = json.loads((out / "hls" / "verify.json").read_text())
     print("\n=== done")

@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="estimate the board resources of the graph as trained, not of the graph qsp-compile builds "
                         "(masks folded, dead features/channels removed)")
     p.add_argument("--runs", default=None, help="folder of runs for the report's accuracy-vs-footprint plot")
+    p.add_argument("--report-board", default=None,
+                   help="board whose per-layer resources the report shows (default: the --board asked; with 'all', "
+                        "pynq-z2)")
     return p
 
 
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             (out / "estimate.json").write_text(json.dumps(est.to_dict(), indent=1, default=_json_default))
             runs = Path(args.runs) if args.runs else _runs_folder(Path(args.bundle))
-            write_report(est, out / "report.html", runs_dir=runs)
+            write_report(est, out / "report.html", runs_dir=runs, board=args.report_board)
             print(f"wrote {out / 'estimate.json'} and {out / 'report.html'}")
         return 0
     except QspError as e:

@@ -26,13 +26,16 @@ class RunPoint:
     metric: float
     footprint_bits: int
     path: str
+    #: the float model trained beside it (qspec metrics 'float'): its metric and float32 footprint
+    float_metric: float | None = None
+    float_footprint_bits: int | None = None
 
 
 def find_runs(folder, max_depth: int = 3) -> list[RunPoint]:
     """Every bundle (``qspec.json``, a regular file at most ``max_depth`` folders down, found
     by :func:`qsp.paths.find_files`) under ``folder`` with a test metric: its metric and its
     footprint (:func:`qsp.bundle.footprint.footprint`, from the spec alone)."""
-    from ..bundle.footprint import footprint
+    from ..bundle.footprint import float_footprint, footprint
     from ..bundle.schema import QSpec
 
     out: list[RunPoint] = []
@@ -51,7 +54,10 @@ def find_runs(folder, max_depth: int = 3) -> list[RunPoint]:
         if not isinstance(m, (int, float)):
             continue
         run = q.parent.parent if q.parent.name == "bundle" else q.parent
-        out.append(RunPoint(run.name, float(m), footprint(spec).total_bits, str(q.parent)))
+        fm = (spec.metrics.get("float") or {}).get("test_metric") if isinstance(spec.metrics.get("float"), dict) else None
+        ok = isinstance(fm, (int, float)) and not isinstance(fm, bool)
+        out.append(RunPoint(run.name, float(m), footprint(spec).total_bits, str(q.parent),
+                            float(fm) if ok else None, float_footprint(spec).total_bits if ok else None))
     return out
 
 
@@ -81,7 +87,25 @@ def _verdict_cell(v: str) -> _Raw:
     return _Raw(f'<span class="{cls}">{escape(v)}</span>')
 
 
-def render_report(est, runs_dir=None, title: str | None = None) -> str:
+def report_board(est, board: str | None):
+    """The board estimate whose per-layer resources the report shows: ``board`` (a name or
+    alias), else the only one, else pynq-z2 (qsp-compile's default) when estimated, else the first."""
+    from ..boards import get_board
+    from ..errors import BoardError
+
+    if not est.boards:
+        return None
+    names = {be.board.name: be for be in est.boards}
+    if board is not None:
+        name = get_board(board).name if board not in names else board
+        if name not in names:
+            raise BoardError(f"report board {board!r} is not among the estimated boards {sorted(names)}")
+        return names[name]
+    return est.boards[0] if len(est.boards) == 1 else names.get("pynq-z2", est.boards[0])
+
+
+def render_report(est, runs_dir=None, title: str | None = None, board: str | None = None) -> str:
+    """The HTML report; ``board`` picks the per-layer resource table (see :func:`report_board`)."""
     t = est.totals
     name = title or (Path(est.bundle_path).parent.name if est.bundle_path else "bundle")
     layers = est.layers
@@ -152,7 +176,7 @@ def render_report(est, runs_dir=None, title: str | None = None) -> str:
                             brow, "boards", left=5))
         parts.append(utilization_chart("Resource use against each board's budget",
                                        [(be.board.name, be.shown.utilization(be.board)) for be in est.boards]))
-        be0 = est.boards[0]
+        be0 = report_board(est, board)
         lrows = []
         for le in layers:
             r = be0.shown.layers.get(le.name)
@@ -169,18 +193,21 @@ def render_report(est, runs_dir=None, title: str | None = None) -> str:
     parts.append("<h2>Accuracy vs footprint</h2>")
     here = Path(est.bundle_path).resolve() if est.bundle_path else None
     hl = next((r.name for r in runs if here is not None and Path(r.path).resolve() == here), None)
-    parts.append(scatter_pareto("Runs: test metric vs footprint (Pareto front joined)",
-                                [(r.footprint_bits, r.metric, r.name) for r in runs],
-                                "footprint (bits, log scale)", str(est.task.get("metric", "metric")), highlight=hl))
+    pts = [(r.footprint_bits, r.metric, r.name) for r in runs]
+    pts += [(r.float_footprint_bits, r.float_metric, f"{r.name} (float32)") for r in runs if r.float_metric is not None]
+    parts.append(scatter_pareto("Runs: test metric vs footprint, trained and float32 models (Pareto front joined)",
+                                pts, "footprint (bits, log scale)", str(est.task.get("metric", "metric")), highlight=hl))
     if runs:
-        parts.append(_table(["run", "metric", "footprint (bits)", "bundle"],
-                            [[r.name, r.metric, r.footprint_bits, r.path] for r in runs], "runs"))
+        parts.append(_table(["run", "metric", "footprint (bits)", "float32 metric", "float32 footprint (bits)",
+                             "bundle"],
+                            [[r.name, r.metric, r.footprint_bits, "" if r.float_metric is None else r.float_metric,
+                              r.float_footprint_bits or "", r.path] for r in runs], "runs"))
     parts.append(f'<p class="note">energy model: {escape(est.to_dict()["models"]["energy"])}</p></body></html>')
     return "".join(parts)
 
 
-def write_report(est, path, runs_dir=None) -> Path:
+def write_report(est, path, runs_dir=None, board: str | None = None) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(render_report(est, runs_dir))
+    p.write_text(render_report(est, runs_dir, board=board))
     return p
