@@ -14,11 +14,16 @@ import sys
 import threading
 from pathlib import Path
 
+import shutil
+
 import pytest
 import yaml
 
 from qsp.boards import all_boards, builtin_dirs, get_board, load_board
 from qsp.errors import BoardError
+
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None and os.environ.get("QSP_REQUIRE_SYSTEM_DEPS") != "1",
+                               reason="g++ is needed for C simulation")
 
 
 def _run(main, argv, capsys, timeout=60):
@@ -388,6 +393,90 @@ def test_every_activation_format_has_the_sign_its_values_need(mlp_bundle, cnn_bu
                 v = np.asarray(trace[name], np.float64)
                 assert f.signed or v.min() >= 0, (path, name)
                 assert v.min() >= f.min and v.max() <= f.max, (path, name, f)
+
+
+def _worst_case_mlp():
+    """The MLP bundle with dense1's kept weights sign-aligned at their format's extremes (row
+    by row: all +max, then all min), its biases at their extremes too, and a first test input
+    at the input format's maximum: dense1's accumulators reach their bounds."""
+    import numpy as np
+
+    from tests.bundles import build_bundle
+
+    b = build_bundle("mlp", steps=20, n_test=8)
+    n = next(n for n in b.graph if n.name == "dense1")
+    wf = n.weight.formats()[0]
+    w = b.weights["dense1.weight"]
+    sign = np.where(np.arange(w.shape[0]) % 2 == 0, 1.0, -1.0)[:, None]
+    b.weights["dense1.weight"] = np.where(w != 0, np.where(sign > 0, wf.max, wf.min), 0.0).astype(w.dtype)
+    if n.bias is not None:
+        bb = b.weights["dense1.bias"]
+        b.weights["dense1.bias"] = np.where(sign[:, 0] > 0, n.bias.max, n.bias.min).astype(bb.dtype)
+    x = np.array(b.test_x, copy=True)
+    x[0] = b.graph[0].format.max
+    b.test_x = x
+    b.model_out = None  # no longer the trained model (its recorded outputs would, rightly, fail it)
+    return b.validate(), wf
+
+
+@needs_gxx
+def test_planted_one_lsb_fault_in_each_path_is_caught(tmp_path, monkeypatch):
+    """One compile (the worst-case accumulator bundle) with a one-LSB fault planted in ONE
+    output of EACH verify path (onnxruntime, hls4ml predict, the standalone csim): each path
+    reports exactly its one mismatch, of one LSB, and verification fails. qsp's own
+    expected-output file is poisoned before the C simulation runs: a csim path that read it
+    would differ everywhere. Every other output, the worst-case input's included, is exact."""
+    import numpy as np
+
+    import qsp.export.onnx as onnx_mod
+    from qsp.compile import csim, pipeline
+    from qsp.compile.hls4ml_project import CompileOptions
+    from qsp.errors import VerificationError
+
+    b, _ = _worst_case_mlp()
+    planted = {"onnxruntime": (3, 2), "hls4ml_predict": (4, 5), "csim_testbench": (5, 7)}
+    lsb = {}
+
+    def plant(path, a):
+        a = np.array(a, np.float64, copy=True).reshape(len(a), -1)
+        i, j = planted[path]
+        step = lsb["step"]
+        a[i, j] += step
+        return a
+
+    real_onnx, real_read, real_run, real_convert = (onnx_mod.run_onnx, csim.read_results, csim.run,
+                                                   pipeline.convert)
+    monkeypatch.setattr(onnx_mod, "run_onnx", lambda *a, **k: plant("onnxruntime", real_onnx(*a, **k)))
+    monkeypatch.setattr(csim, "read_results", lambda *a, **k: plant("csim_testbench", real_read(*a, **k)))
+
+    def poisoned_run(project, n_out, progress=None):
+        for f in (project / csim.TB_OUT, tmp_path / "c" / "tb_src" / "tb_output_predictions.dat"):
+            if f.exists():
+                rows = [[float(v) + 1.0 for v in line.split()] for line in f.read_text().splitlines() if line.strip()]
+                f.write_text("".join(" ".join(repr(v) for v in r) + " \n" for r in rows))
+        return real_run(project, n_out, progress)
+
+    def convert(*a, **k):
+        hm = real_convert(*a, **k)
+        predict = hm.predict
+        hm.predict = lambda x: plant("hls4ml_predict", predict(x))
+        return hm
+
+    monkeypatch.setattr(csim, "run", poisoned_run)
+    monkeypatch.setattr(pipeline, "convert", convert)
+    monkeypatch.setattr(pipeline, "_trace_report", lambda *a, **k: None)  # the per-layer trace: not the point
+    from qsp.estimate.counts import count_graph
+
+    out_fmt = count_graph(b).nodes[-1].out_format
+    lsb["step"] = out_fmt.step
+    assert out_fmt.step < 2.0 ** -4  # a 2^-4 tolerance would hide it
+    with pytest.raises(VerificationError) as e:
+        pipeline.compile_bundle(b, tmp_path / "c", CompileOptions())
+    paths = {p.path: p for p in e.value.report.paths}
+    for path, (i, j) in planted.items():
+        p = paths[path]
+        assert p.ran and p.mismatches == 1 and p.max_abs_diff == out_fmt.step, p
+        assert path in str(e.value)
 
 
 if sys.platform == "win32":  # pragma: no cover - FIFOs
