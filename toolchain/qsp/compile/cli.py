@@ -54,6 +54,8 @@ def run(a) -> int:
     from ..errors import ConfigError as _BadOption
     from ..paths import output_dir
 
+    if a.board is not None and not a.board.strip():
+        raise _BadOption("--board '': name a board (see boards/) or leave the flag out")
     if a.max_inputs is not None and a.max_inputs < 1:  # [:0] or [:-5] would verify on nothing or drop inputs
         raise _BadOption(f"--max-inputs {a.max_inputs}: must be >= 1 (leave it out to verify on every test input)")
     if not a.dry_run:  # before any work, not after the build
