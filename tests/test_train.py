@@ -30,7 +30,7 @@ def digits_run(tmp_path_factory):
 
 def test_cli_digits_bundle(digits_run):
     spec = json.loads((digits_run / "bundle" / "qspec.json").read_text())
-    assert spec["schema_version"] == 2
+    assert spec["schema_version"] == 3
     b = Bundle.read(digits_run)  # validates: weights on grid, masks 0/1, shapes chained
     ops = [n.op for n in b.graph]
     assert ops[:2] == ["quantize", "flatten"] and ops.count("linear") == 4 and ops.count("mask") == 3

@@ -233,9 +233,9 @@ class ConcatNode(Node):
     arity: ClassVar[int | None] = None
 
 
-def node_from_dict(d: dict, where: str = "graph") -> Node:
+def node_from_dict(d: dict, where: str = "graph", version: int = SCHEMA_VERSION) -> Node:
     """A node from its JSON dict (checked by :func:`check_node_dict` first)."""
-    check_node_dict(d, where)
+    check_node_dict(d, where, version)
     d = dict(d)
     cls = NODE_TYPES[d.pop("op")]
     for key in ("format", "param", "bias"):
@@ -312,7 +312,7 @@ class QSpec:
         v = check_spec_dict(d)
         task = TaskInfo(**d["task"])
         model = ModelRef(**d["model"])
-        graph = [node_from_dict(n, f"graph[{i}]") for i, n in enumerate(d["graph"])]
+        graph = [node_from_dict(n, f"graph[{i}]", v) for i, n in enumerate(d["graph"])]
         if v == 1:  # sequential: each node reads the one before it
             for i, n in enumerate(graph):
                 n.inputs = [graph[i - 1].name if i else GRAPH_INPUT]
