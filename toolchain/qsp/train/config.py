@@ -172,7 +172,13 @@ class TrainConfig:
         from .order import check_config
 
         check_config(self)
-        for k in ("epochs", "batch_size", "max_steps", "train_limit", "test_limit", "threads"):
+        if self.init is not None and self.init != "float":
+            ip = Path(self.init)
+            if not ip.is_file():
+                raise ConfigError(f"init: {self.init!r} is neither 'float' nor a state_dict file (.pt) that exists")
+        if self.init_epochs is not None and self.init != "float":
+            raise ConfigError("init_epochs: only used with init: float")
+        for k in ("epochs", "batch_size", "max_steps", "train_limit", "test_limit", "threads", "init_epochs"):
             v = getattr(self, k)
             if v is not None and v < 1:
                 raise ConfigError(f"{k}: {v!r} must be >= 1")

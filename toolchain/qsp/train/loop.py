@@ -49,10 +49,32 @@ class FitResult:
     seconds: float = 0.0
 
 
+def load_init_state(model: nn.Module, path: Path) -> None:
+    """Load a state_dict (config key ``init``) into the user's float model, before it is
+    converted; every key must match (names the missing and unexpected ones)."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, truncated, pickled code
+        raise ConfigError(f"init: {path} is not a loadable state_dict: {e}") from None
+    if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
+        sd = sd["model"]  # a {model: state_dict, ...} checkpoint
+    if not isinstance(sd, dict):
+        raise ConfigError(f"init: {path} holds a {type(sd).__name__}, not a state_dict")
+    try:
+        res = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ConfigError(f"init: {path} does not fit the model: {str(e).splitlines()[-1].strip()}") from None
+    if res.missing_keys or res.unexpected_keys:
+        raise ConfigError(f"init: {path} does not fit the model: missing {res.missing_keys[:5]}, "
+                          f"unexpected {res.unexpected_keys[:5]}")
+
+
 class Trainer:
     def __init__(self, cfg, task: TaskSpec, data: DataSplits, method: TrainingMethod, factory: str,
-                 factory_kwargs: dict, run_dir: Path | None = None, tag: str = "", progress: bool | None = None):
+                 factory_kwargs: dict, run_dir: Path | None = None, tag: str = "", progress: bool | None = None,
+                 init_state: Path | None = None):
         self.cfg = cfg
+        self.init_state = init_state  # a state_dict of the user's model to start from (config key init)
         self.task = task
         self.data = data
         self.method = method
@@ -84,6 +106,8 @@ class Trainer:
     def build(self) -> nn.Module:
         torch.manual_seed(self.cfg.seed)
         model = build_model(self.factory, self.factory_kwargs)
+        if self.init_state is not None:
+            load_init_state(model, self.init_state)
         model = self.method.prepare(model, self.cfg, self.total_steps)
         # before any training: every op exportable, shapes fit (names the module / line)
         self.graph_ops = self.method.check(model.to(self.device), list(self._x.shape[1:]))

@@ -139,7 +139,12 @@ def _train_and_export(cfg, spec, data, out: Path, echo, order_auto: dict | None 
         (out / "config.yaml").write_text(cfg.to_yaml())
 
     method = get_method(cfg.method, cfg)
-    trainer = Trainer(cfg, spec, data, method, factory, kwargs, run_dir=out)
+    init_state, float_metrics = None, None
+    if cfg.init == "float":  # train the float model first; the quantized model starts from it
+        float_metrics, init_state = _float_model(cfg, spec, data, factory, kwargs, out, echo)
+    elif cfg.init is not None:
+        init_state = Path(cfg.init)
+    trainer = Trainer(cfg, spec, data, method, factory, kwargs, run_dir=out, init_state=init_state)
     resume = cfg.resume and trainer.checkpoint_path.exists()
     if cfg.resume and not resume:
         echo(f"resume: no checkpoint in {out / 'checkpoints'}; starting from step 0")
@@ -165,7 +170,7 @@ def _train_and_export(cfg, spec, data, out: Path, echo, order_auto: dict | None 
     if cfg.layers and method.layer_table:
         metrics["layer_plan"] = method.layer_table
     metrics["train_seconds"] = round(res.seconds, 2)
-    metrics["float"] = _float_baseline(cfg, spec, data, factory, kwargs, out, echo)
+    metrics["float"] = float_metrics or _float_baseline(cfg, spec, data, factory, kwargs, out, echo)
 
     # ---------------------------------------------------------------- bundle
     if not dd.is_main():  # torchrun: rank 0 writes the bundle (the model is identical on every rank)
@@ -254,6 +259,13 @@ def _float_baseline(cfg, spec, data, factory, kwargs, out: Path, echo) -> dict |
         return {"test_metric": cfg.float_metric, "source": "given (float_metric)"}
     if not cfg.float_baseline:
         return None
+    if cfg.init is not None and cfg.init != "float":  # the given weights are the float model
+        tr = Trainer(cfg, spec, data, FloatMethod(cfg), factory, kwargs, run_dir=None, tag="float",
+                     init_state=Path(cfg.init))
+        tr.build()
+        return {"test_metric": tr.evaluate(data.x_test, data.y_test, data.test_groups),
+                "val_metric": tr.evaluate(data.x_val, data.y_val, data.val_groups),
+                "source": f"the init state_dict {cfg.init} (not trained here)"}
     cache = out / "float_baseline.json"
     if dd.broadcast_object(cache.is_file()):  # every rank trains it, or none
         return json.loads(cache.read_text())
@@ -266,6 +278,32 @@ def _float_baseline(cfg, spec, data, factory, kwargs, out: Path, echo) -> dict |
     if dd.is_main():
         cache.write_text(json.dumps(d, indent=1))
     return d
+
+
+def _float_model(cfg, spec, data, factory, kwargs, out: Path, echo) -> tuple[dict, Path]:
+    """``init: float``: train the float model for ``init_epochs`` (default ``epochs``) and
+    keep its weights (``out/float_init.pt``, written atomically; reused on --resume) as the
+    quantized model's start and its metrics as the float baseline."""
+    state, cache = out / "float_init.pt", out / "float_init.json"
+    if dd.broadcast_object(state.is_file() and cache.is_file()):
+        return json.loads(cache.read_text()), state
+    ep = cfg.init_epochs or cfg.epochs
+    echo(f"init: training the float model for {ep} epochs; the {cfg.method} model starts from it")
+    fcfg = dataclasses.replace(cfg, epochs=ep)
+    tr = Trainer(fcfg, spec, data, FloatMethod(fcfg), factory, kwargs, run_dir=None, tag="float",
+                 init_state=None)
+    res = tr.fit()
+    d = {"test_metric": tr.evaluate(data.x_test, data.y_test, data.test_groups),
+         "val_metric": tr.evaluate(data.x_val, data.y_val, data.val_groups),
+         "train_seconds": round(res.seconds, 2), "epochs": ep,
+         "source": f"trained ({ep} epochs); the quantized model was initialised from it"}
+    if dd.is_main():
+        tmp = out / f".float_init.{os.getpid()}.pt"
+        torch.save({k: v.detach().cpu() for k, v in tr.module.state_dict().items()}, tmp)
+        os.replace(tmp, state)
+        cache.write_text(json.dumps(d, indent=1))
+    dd.barrier()
+    return d, state
 
 
 def _footprint_metrics(bundle, metrics) -> dict:
