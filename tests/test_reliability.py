@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import shutil
 import stat
 import sys
 import threading
 from pathlib import Path
 
-import shutil
-
+import numpy as np
 import pytest
 import yaml
 
@@ -481,3 +482,39 @@ def test_planted_one_lsb_fault_in_each_path_is_caught(tmp_path, monkeypatch):
 
 if sys.platform == "win32":  # pragma: no cover - FIFOs
     pytest.skip("POSIX only", allow_module_level=True)
+
+
+# ---------------------------------------------------------------- custom data (issue 17: labels, truncated .npz)
+@pytest.mark.parametrize("fault, msg", [
+    ("negative_label", r"y_train\[3\] = -1 is not a class label"),
+    ("huge_label", r"y_test\[0\] = 1000000 is not a class label"),
+    ("nan_pixel", r"x_train holds a non-finite value"),
+    ("count", r"x_test has 8 samples but y_test 7 labels"),
+    ("float_labels", r"y_train must be a 1-D array of integer class labels"),
+    ("truncated", r"cannot read as \.npz"),
+])
+def test_custom_data_faults_are_clean_errors(tmp_path, fault, msg, capsys):
+    from qsp.train.cli import main as train_main
+
+    rng = np.random.default_rng(0)
+    arrs = dict(x_train=rng.random((16, 8), dtype=np.float32), y_train=np.arange(16) % 3,
+                x_test=rng.random((8, 8), dtype=np.float32), y_test=np.arange(8) % 3)
+    if fault == "negative_label":
+        arrs["y_train"][3] = -1
+    elif fault == "huge_label":
+        arrs["y_test"][0] = 1_000_000
+    elif fault == "nan_pixel":
+        arrs["x_train"][2, 5] = np.nan
+    elif fault == "count":
+        arrs["y_test"] = arrs["y_test"][:7]
+    elif fault == "float_labels":
+        arrs["y_train"] = arrs["y_train"].astype(np.float32)
+    f = tmp_path / "d.npz"
+    np.savez(f, **arrs)
+    if fault == "truncated":
+        f.write_bytes(f.read_bytes()[:300])
+    rc = train_main(["--task", "custom", "--data-dir", str(f), "--out", str(tmp_path / "o"), "--no-progress",
+                     "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert re.search(msg, err), err

@@ -194,6 +194,32 @@ def load_fashion_mnist(cfg) -> DataSplits:
 
 
 # ============================================================================ custom
+#: more classes than this in user data is taken for a mislabelled array (labels that are ids)
+MAX_CLASSES = 100_000
+
+
+def check_classification_arrays(src, xtr, ytr, xte, yte) -> None:
+    """User data for a classification task, checked before any training: numeric finite
+    samples, one integer label per sample in [0, MAX_CLASSES), non-empty splits."""
+    for name, x, y in (("train", xtr, ytr), ("test", xte, yte)):
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{src}: y_{name} must be a 1-D array of integer class labels (got {y.dtype}{list(y.shape)})")
+        if x.ndim < 2 or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+            raise DataError(f"{src}: x_{name} must be a numeric array [N, ...] (got {x.dtype}{list(x.shape)})")
+        if len(x) == 0:
+            raise DataError(f"{src}: x_{name} is empty")
+        if len(x) != len(y):
+            raise DataError(f"{src}: x_{name} has {len(x)} samples but y_{name} {len(y)} labels")
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            bad = np.argwhere(~np.isfinite(x))[0]
+            raise DataError(f"{src}: x_{name} holds a non-finite value (NaN or inf) at index {bad.tolist()}")
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= MAX_CLASSES:
+            i = int(np.argmin(y)) if lo < 0 else int(np.argmax(y))
+            raise DataError(f"{src}: y_{name}[{i}] = {int(y[i])} is not a class label in [0, {MAX_CLASSES})")
+
+
+# ============================================================================ custom
 @task("custom", "classification", "accuracy", "cross_entropy",
       TaskDefaults(model="mlp", epochs=20, batch_size=64, lr=2e-3, float_baseline=False, threads=1))
 def load_custom(cfg) -> DataSplits:
@@ -201,20 +227,24 @@ def load_custom(cfg) -> DataSplits:
         raise DataError("task custom needs data_dir: a .npz (x_train, y_train, x_test, y_test) or a directory of "
                         "IDX files")
     p = Path(cfg.data_dir)
+    if p.exists() and not p.is_dir() and not p.is_file():
+        raise DataError(f"data_dir {str(p)!r} is not a regular file (a FIFO, socket or device)")
     if p.is_file():
+        import zipfile
+
         try:
             with np.load(p, allow_pickle=False) as z:
+                if not hasattr(z, "files"):
+                    raise DataError(f"{p}: a single array, not a .npz with x_train, y_train, x_test, y_test")
                 missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
                 if missing:
                     raise DataError(f"{p}: missing arrays {missing} (has {z.files})")
                 xtr, ytr, xte, yte = (z[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-        except (OSError, ValueError) as e:
-            raise DataError(f"{p}: cannot read as .npz ({e})") from None
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            raise DataError(f"{p}: cannot read as .npz ({type(e).__name__}: {e}); truncated or not an .npz?") from None
     else:
         xtr, ytr, xte, yte = load_idx_dir(p)
-    for name, y in (("y_train", ytr), ("y_test", yte)):
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise DataError(f"{p}: {name} must be a 1-D array of integer class labels (got {y.dtype}{list(y.shape)})")
+    check_classification_arrays(p, xtr, ytr, xte, yte)
     xtr, xte = (x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32) for x in (xtr, xte))
     if xtr.ndim == 3:  # [N, H, W] images
         xtr, xte = xtr[:, None], xte[:, None]
