@@ -48,7 +48,8 @@ def main(argv=None):
                 bad_grads += ng
                 if (nv or ng) and first is None:
                     first = {"bits": bits, "signed": signed, "frac": frac, "values_differ": nv, "grads_differ": ng}
-    res = {"check": "cuda fused fake-quant vs quantize_np", "device": torch.cuda.get_device_name(0),
+    res = {"check": "cuda fused fake-quant vs quantize_np",
+           "command": "python " + " ".join([sys.argv[0]] + list(argv if argv is not None else sys.argv[1:])), "device": torch.cuda.get_device_name(0),
            "torch": torch.__version__, "cases": cases, "values_differ": bad_values, "grads_differ": bad_grads,
            "first_failure": first, "ok": bad_values == 0 and bad_grads == 0}
     with open(a.out, "w") as f:

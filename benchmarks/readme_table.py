@@ -1,0 +1,139 @@
+"""README's generated results table, from the committed JSON under benchmarks/results/.
+
+    python benchmarks/readme_table.py           # rewrite the block in README.md
+    python benchmarks/readme_table.py --check   # exit 1 when README.md and the JSON disagree
+
+The block lies between ``<!-- readme_table: begin -->`` and ``<!-- readme_table: end -->``;
+every figure in it is read from a JSON file named in its row (which records the command that
+made it). tests/test_readme_numbers.py runs the check.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BEGIN, END = "<!-- readme_table: begin -->", "<!-- readme_table: end -->"
+NETS = {"qsparse_mnist": "qsparse's MNIST net", "resnet8": "ResNet-8"}
+
+
+def load(rel: str) -> dict:
+    p = RESULTS / rel
+    if not p.is_file():
+        raise SystemExit(f"readme_table.py: {p} is missing (the README figure rests on it)")
+    return json.loads(p.read_text())
+
+
+def x(v: float, nd: int = 2) -> str:
+    return f"{v:.{nd}f}x"
+
+
+def overhead_cell(doc: dict) -> str:
+    parts, worst = [], {}
+    for net, modes in doc["results"].items():
+        r = [f"{m} {x(v['ratio_median_step_time'])}" for m, v in modes.items()]
+        if len(modes) > 1:  # the fastest qsp step against the fastest float step
+            best = {k: min(v["median_step_ms"][k] for v in modes.values()) for k in ("float", "qsp")}
+            r[-1] += f" (fastest qsp / fastest float {x(best['qsp'] / best['float'])})"
+        parts.append(f"{NETS.get(net, net)} {', '.join(r)}")
+        for m, v in modes.items():
+            worst[m] = max(worst.get(m, 0.0), v["ratio_median_step_time"])
+    mem = max(v.get("memory_ratio_peak", v["memory_ratio_delta"]) for m in doc["results"].values() for v in m.values())
+    goal = doc["goal_ratio"]
+    met = ", ".join(f"{m} {'met' if w <= goal else '**not met**'}" for m, w in worst.items())
+    return (f"{doc['device'].upper()}: " + "; ".join(parts) + f"; peak memory <= {x(mem)} (goal {x(doc['goal_memory_ratio'])}: "
+            f"{'met' if mem <= doc['goal_memory_ratio'] else '**not met**'}); goal {x(goal)}: {met}")
+
+
+def overhead_row() -> str:
+    files = sorted(p.relative_to(RESULTS).as_posix() for p in (RESULTS / "overhead").glob("*.json"))
+    docs = [(f, d) for f in files if (d := load(f)).get("benchmark") == "overhead"]
+    if not docs:
+        raise SystemExit("readme_table.py: no overhead JSON under benchmarks/results/overhead/")
+    cells = " <br> ".join(f"{overhead_cell(d)} ({d['device_name']}, {d['threads']} threads)"
+                          if d["device"] == "cpu" else f"{overhead_cell(d)} ({d['device_name']})" for f, d in docs)
+    where = ", ".join(f"`benchmarks/results/{f}`" for f, _ in docs)
+    return ("| training-step overhead, qsp / float step time (batch 128; every weight and activation pruned 50 % "
+            "and 8-bit, masks and quantizers asserted on; eager and torch.compile) | " + cells + f" | {where} |")
+
+
+def compile_row() -> str:
+    doc = load("compile_time.json")
+    cpus = "/".join(str(c) for c in doc["cpu_counts"])
+    parts = []
+    for kind, r in doc["results"].items():
+        b = r["builds"]
+        cells = []
+        for tb, label in (("tb", "with testbench"), ("notb", "without")):
+            per_o = [f"-O{o} " + "/".join(x(b[f"O{o}_{tb}_{c}cpu"]["ratio"]) for c in doc["cpu_counts"])
+                     for o in doc["opt_levels"]]
+            cells.append(f"{label} {', '.join(per_o)}")
+        parts.append(f"{kind.upper()} " + "; ".join(cells) + f"; qsp-compile end to end {r['end_to_end_s']:.1f} s")
+    return ("| qsp's C++ build / hls4ml's own build_lib.sh: the same hls4ml project (qsp's converted graph), the same "
+            f"-O level, both pinned to the same {cpus} CPUs (hls4ml's testbench built beside its library) | "
+            + " <br> ".join(parts) + f" | {doc['cpus']}-core CPU, `benchmarks/results/compile_time.json` |")
+
+
+def ddp_row() -> str:
+    d = load("gpu/ddp_weak.json")
+    runs = {r["nproc"]: r for r in d["runs"]}
+    n, gpu = max(runs), runs[max(runs)]["gpu"].split(" ")[1]
+    return (f"| DDP, {n} x {gpu} vs 1 ({d['model']}, {d['scaling']} scaling) | {x(d['speedup'])} samples/s "
+            f"(efficiency {d['efficiency'] * 100:.0f} %) | `benchmarks/results/gpu/ddp_weak.json` |")
+
+
+def djpq_row() -> str:
+    d = load("gpu/djpq/djpq_bops.json")
+    rows = {r["variant"]: r for r in d["rows"]}
+    pow2, plain = rows["DJPQ target 0.012 pow2"], rows["DJPQ target 0.012"]
+    q8 = next(r for v, r in rows.items() if v.startswith("qsparse"))
+
+    def pts(r):  # accuracy change in points (acc_loss_points is the loss)
+        return f"{-r['acc_loss_points']:+.2f} points"
+
+    return (f"| DJPQ, Fashion-MNIST LeNet | {pow2['reduction']:.1f}x fewer BOPs than FP32 at {pts(pow2)} "
+            f"(power-of-two bits), {plain['reduction']:.1f}x at {pts(plain)}; qsparse 8 bit / 50 %: "
+            f"{q8['reduction']:.1f}x | {d['hardware']['name'].split(' ')[1]}, `benchmarks/results/gpu/djpq/djpq_bops.json` |")
+
+
+def table() -> str:
+    rows = [djpq_row(), overhead_row(), compile_row(), ddp_row()]
+    return "\n".join([BEGIN, "| what | result | where |", "|---|---|---|", *rows, END])
+
+
+def block(text: str) -> str:
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise SystemExit(f"README.md: expected one '{BEGIN}' ... '{END}' block")
+    return text[text.index(BEGIN): text.index(END) + len(END)]
+
+
+def check(readme_text: str) -> list[str]:
+    """Lines of README's block that differ from the table the JSON gives (empty: agree)."""
+    have, want = block(readme_text).splitlines(), table().splitlines()
+    diff = [f"README: {h}\nJSON:   {w}" for h, w in zip(have, want) if h != w]
+    if len(have) != len(want):
+        diff.append(f"README's block has {len(have)} lines, the JSON gives {len(want)}")
+    return diff
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--readme", default=str(ROOT / "README.md"))
+    a = ap.parse_args(argv)
+    path = Path(a.readme)
+    text = path.read_text()
+    if a.check:
+        bad = check(text)
+        print("\n".join(bad) if bad else "README.md agrees with benchmarks/results")
+        return 1 if bad else 0
+    path.write_text(text.replace(block(text), table()))
+    print(f"rewrote the results block of {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
