@@ -518,3 +518,24 @@ def test_custom_data_faults_are_clean_errors(tmp_path, fault, msg, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err, err
     assert re.search(msg, err), err
+
+
+def test_estimate_project_faults_are_clean_errors(tmp_path):
+    """qsp-estimate --project: a FIFO is refused unread, broken YAML and bad entries name the file."""
+    from qsp.errors import ConfigError
+    from qsp.estimate.core import strategies_from_project
+
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        strategies_from_project(fifo)
+    d = tmp_path / "prj"
+    d.mkdir()
+    (d / "qsp_hls_config.yaml").write_text("HLSConfig: {LayerName: [1, 2")
+    with pytest.raises(ConfigError, match="not a readable YAML"):
+        strategies_from_project(d)
+    (d / "qsp_hls_config.yaml").write_text("HLSConfig: {LayerName: {dense1: {Strategy: Latency, ReuseFactor: 2.5}}}")
+    with pytest.raises(ConfigError, match=r"dense1.ReuseFactor=2.5"):
+        strategies_from_project(d)
+    (d / "qsp_hls_config.yaml").write_text("HLSConfig: {LayerName: {dense1: {Strategy: Resource, ReuseFactor: 4}}}")
+    assert strategies_from_project(d)["dense1"].reuse_factor == 4

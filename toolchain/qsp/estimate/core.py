@@ -571,17 +571,31 @@ def strategies_from_project(project_dir) -> dict[str, LayerStrategy]:
 
     from ..errors import ConfigError
 
+    from ..paths import find_files, input_file
+
     p = Path(project_dir)
-    f = p if p.is_file() else next(iter(sorted(p.rglob("qsp_hls_config.yaml")) + sorted(p.rglob("hls4ml_config.yaml"))),
-                                   None)
+    if p.is_dir():
+        found = find_files(p, "qsp_hls_config.yaml") or find_files(p, "hls4ml_config.yaml")
+        f = found[0] if found else None
+    else:
+        f = input_file(p, "--project")  # a FIFO or device is refused before it is read
     if f is None:
         raise ConfigError(f"--project {str(project_dir)!r}: no qsp_hls_config.yaml found (qsp-compile writes it)")
-    cfg = yaml.safe_load(Path(f).read_text()) or {}
-    hc = cfg.get("HLSConfig", cfg)
+    try:
+        cfg = yaml.safe_load(Path(f).read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+        raise ConfigError(f"--project {f}: not a readable YAML file ({type(e).__name__})") from None
+    hc = cfg.get("HLSConfig", cfg) if isinstance(cfg, dict) else None
+    names = hc.get("LayerName") if isinstance(hc, dict) else None
+    if not isinstance(names, (dict, type(None))):
+        raise ConfigError(f"--project {f}: HLSConfig.LayerName must be a mapping of layer names")
     out = {}
-    for name, entry in (hc.get("LayerName") or {}).items():
+    for name, entry in (names or {}).items():
         if isinstance(entry, dict) and "Strategy" in entry:
-            out[name] = LayerStrategy(str(entry["Strategy"]), int(entry.get("ReuseFactor", 1)), "compiled project")
+            rf = entry.get("ReuseFactor", 1)
+            if isinstance(rf, bool) or not isinstance(rf, int) or rf < 1:
+                raise ConfigError(f"--project {f}: LayerName.{name}.ReuseFactor={rf!r} must be an integer >= 1")
+            out[name] = LayerStrategy(str(entry["Strategy"]), rf, "compiled project")
     return out
 
 
