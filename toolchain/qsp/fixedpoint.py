@@ -199,7 +199,7 @@ def quantize_ste(x, bits: int, frac, signed: bool = True, rounding: str = DEFAUL
     float32 value runs PyTorch's fused ``fake_quantize_per_tensor_affine`` (one kernel
     forward, one backward, the same mask; it rounds half to even with ``nearbyint`` and the
     power-of-two scale is exact); elsewhere it is a few in-place passes (the fused op
-    measured 2x slower on CPU, and under ``torch.compile`` the passes fuse anyway).
+    measured slower on CPU here, and under ``torch.compile`` the passes fuse anyway).
     """
     import torch
 
