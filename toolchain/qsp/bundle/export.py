@@ -25,19 +25,21 @@ from ..nn import ActivationPruner, QLayer, Quantizer
 from ..nn.capture import ADD_FUNCS, CAT_FUNCS, QspTracer, where
 from ..registry import Registry
 from .io import Bundle
-from .schema import (GRAPH_INPUT, AddNode, AvgPool2dNode, ClipNode, ConcatNode, Conv2dNode, FlattenNode,
-                     LeakyReluNode, LinearNode, MaskNode, MaxPool2dNode, ModelRef, PixelShuffleNode, QSpec, QuantNode,
+from .schema import (GRAPH_INPUT, AddNode, AvgPool1dNode, AvgPool2dNode, ClipNode, ConcatNode, Conv1dNode,
+                     Conv2dNode, FlattenNode, LeakyReluNode, LinearNode, MaskNode, MaxPool1dNode, MaxPool2dNode,
+                     ModelRef, PixelShuffleNode, QSpec, QuantNode,
                      ReluNode, ScaleShiftNode, TaskInfo, WeightFormat)
 
 _HANDLERS = Registry("bundle exporter")
 #: modules that are the identity at inference
 SKIP = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 #: supported ops in user terms (for error messages)
-SUPPORTED = ("Linear", "Conv2d (groups=1, depthwise, grouped)", "BatchNorm1d/2d", "ReLU", "ReLU6", "Hardtanh", "LeakyReLU",
-             "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d(1)", "Flatten", "PixelShuffle", "Dropout",
-             "add (+, torch.add)", "torch.cat(dim=1)", "torch.flatten / view / reshape to (N, -1)",
-             "mean over H and W", "F.relu / F.relu6 / F.hardtanh / F.leaky_relu", "F.max_pool2d / F.avg_pool2d",
-             "F.adaptive_avg_pool2d(x, 1)")
+SUPPORTED = ("Linear", "Conv2d (groups=1, depthwise, grouped)", "Conv1d (groups=1)", "BatchNorm1d/2d", "ReLU",
+             "ReLU6", "Hardtanh", "LeakyReLU", "MaxPool1d/2d", "AvgPool1d/2d", "AdaptiveAvgPool1d/2d(1)", "Flatten",
+             "PixelShuffle", "Dropout", "add (+, torch.add)", "torch.cat(dim=1)",
+             "torch.flatten / view / reshape to (N, -1)", "mean over H and W (or over L)",
+             "F.relu / F.relu6 / F.hardtanh / F.leaky_relu", "F.max_pool1d/2d / F.avg_pool1d/2d",
+             "F.adaptive_avg_pool1d/2d(x, 1)")
 
 
 def exporter(*types):
@@ -65,6 +67,10 @@ class _Ctx:
 
 def _pair(v):
     return list(v) if isinstance(v, (tuple, list)) else [int(v), int(v)]
+
+
+def _single(v):
+    return [int(v[0])] if isinstance(v, (tuple, list)) and len(v) == 1 else [int(v)] if isinstance(v, int) else list(v)
 
 
 def _weight_format(q: QLayer, path: str, dry: bool = False) -> WeightFormat:
@@ -107,13 +113,23 @@ def _qlayer(ctx, path, q, in_shape, out_shape):
     if isinstance(layer, nn.Linear):
         return _export_weight_layer(ctx, path, q, LinearNode, ctx.name("dense"), in_shape, out_shape,
                                     in_features=layer.in_features, out_features=layer.out_features)
-    if isinstance(layer, nn.Conv2d):
-        if _pair(layer.dilation) != [1, 1]:
-            raise UnsupportedLayerError(f"layer {path!r} (Conv2d): dilation != 1 is not supported")
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+        kind = type(layer).__name__
+        if any(d != 1 for d in layer.dilation):
+            raise UnsupportedLayerError(f"layer {path!r} ({kind}): dilation != 1 is not supported")
         if isinstance(layer.padding, str):
-            raise UnsupportedLayerError(f"layer {path!r} (Conv2d): padding={layer.padding!r}; use integer padding")
+            raise UnsupportedLayerError(f"layer {path!r} ({kind}): padding={layer.padding!r}; use integer padding")
         if layer.padding_mode != "zeros":
-            raise UnsupportedLayerError(f"layer {path!r} (Conv2d): padding_mode={layer.padding_mode!r}")
+            raise UnsupportedLayerError(f"layer {path!r} ({kind}): padding_mode={layer.padding_mode!r}")
+    if isinstance(layer, nn.Conv1d):
+        if layer.groups != 1:
+            raise UnsupportedLayerError(f"layer {path!r} (Conv1d): groups={layer.groups} is not supported (hls4ml's "
+                                        "Conv1D has no groups); use groups=1, or a Conv2d for a depthwise conv")
+        return _export_weight_layer(ctx, path, q, Conv1dNode, ctx.name("conv"), in_shape, out_shape,
+                                    in_channels=layer.in_channels, out_channels=layer.out_channels,
+                                    kernel_size=list(layer.kernel_size), stride=list(layer.stride),
+                                    padding=list(layer.padding), groups=1)
+    if isinstance(layer, nn.Conv2d):
         return _export_weight_layer(ctx, path, q, Conv2dNode, ctx.name("conv"), in_shape, out_shape,
                                     in_channels=layer.in_channels, out_channels=layer.out_channels,
                                     kernel_size=_pair(layer.kernel_size), stride=_pair(layer.stride),
@@ -211,7 +227,19 @@ def _adaptive(ctx, path, m, in_shape, out_shape):
     return _global_pool(ctx, path, in_shape)
 
 
+@exporter(nn.AdaptiveAvgPool1d)
+def _adaptive1d(ctx, path, m, in_shape, out_shape):
+    if _single(m.output_size) != [1]:
+        raise UnsupportedLayerError(f"layer {path!r} (AdaptiveAvgPool1d): only output size 1 (global average "
+                                    "pooling) is supported")
+    return _global_pool(ctx, path, in_shape)
+
+
 def _global_pool(ctx, path, in_shape):
+    if len(in_shape) == 2:
+        c, n = in_shape
+        return AvgPool1dNode(name=ctx.name("avgpool"), in_shape=list(in_shape), out_shape=[c, 1], source=path,
+                             kernel_size=[n], stride=[n])
     c, h, w = in_shape
     return AvgPool2dNode(name=ctx.name("avgpool"), in_shape=list(in_shape), out_shape=[c, 1, 1], source=path,
                          kernel_size=[h, w], stride=[h, w])
@@ -229,6 +257,21 @@ def _pool(ctx, path, m, in_shape, out_shape):
         return MaxPool2dNode(name=ctx.name("pool"), in_shape=in_shape, out_shape=out_shape, source=path,
                              kernel_size=k, stride=s)
     return AvgPool2dNode(name=ctx.name("avgpool"), in_shape=in_shape, out_shape=out_shape, source=path,
+                         kernel_size=k, stride=s)
+
+
+@exporter(nn.MaxPool1d, nn.AvgPool1d)
+def _pool1d(ctx, path, m, in_shape, out_shape):
+    if _single(m.padding) != [0] or getattr(m, "ceil_mode", False):
+        raise UnsupportedLayerError(f"layer {path!r} ({type(m).__name__}): padding / ceil_mode not supported")
+    k = _single(m.kernel_size)
+    s = _single(m.stride if m.stride not in (None, (), []) else m.kernel_size)
+    if isinstance(m, nn.MaxPool1d):
+        if _single(m.dilation) != [1]:
+            raise UnsupportedLayerError(f"layer {path!r} (MaxPool1d): dilation not supported")
+        return MaxPool1dNode(name=ctx.name("pool"), in_shape=in_shape, out_shape=out_shape, source=path,
+                             kernel_size=k, stride=s)
+    return AvgPool1dNode(name=ctx.name("avgpool"), in_shape=in_shape, out_shape=out_shape, source=path,
                          kernel_size=k, stride=s)
 
 
@@ -291,13 +334,15 @@ def _fn_flatten(ctx, node, in_shapes, out_shape):
 def _fn_mean(ctx, node, in_shapes, out_shape):
     dims = _arg(node, 1, "dim")
     dims = [dims] if isinstance(dims, int) else list(dims or [])
-    if len(in_shapes[0]) != 3 or sorted(d % 4 for d in dims) != [2, 3]:
-        return f"mean over dims {dims}: only the mean over H and W (dims 2, 3) is supported"
+    rank = len(in_shapes[0]) + 1
+    if rank not in (3, 4) or sorted(d % rank for d in dims) != list(range(2, rank)):
+        return (f"mean over dims {dims}: only the mean over H and W (dims 2, 3) of [N, C, H, W] or over L (dim 2) "
+                "of [N, C, L] is supported")
     pool = _global_pool(ctx, where(node), in_shapes[0])
     if _arg(node, 2, "keepdim", False):
         return pool
     c = in_shapes[0][0]
-    return [pool, FlattenNode(name=ctx.name("flatten"), in_shape=[c, 1, 1], out_shape=[c], source=where(node))]
+    return [pool, FlattenNode(name=ctx.name("flatten"), in_shape=pool.out_shape, out_shape=[c], source=where(node))]
 
 
 def _fn_adaptive(ctx, node, in_shapes, out_shape):
@@ -306,13 +351,22 @@ def _fn_adaptive(ctx, node, in_shapes, out_shape):
     return _global_pool(ctx, where(node), in_shapes[0])
 
 
+def _fn_adaptive1d(ctx, node, in_shapes, out_shape):
+    if _single(_arg(node, 1, "output_size")) != [1]:
+        return "only output size 1 (global average pooling) is supported"
+    return _global_pool(ctx, where(node), in_shapes[0])
+
+
 def _fn_pool(cls, base):
+    one = cls in (MaxPool1dNode, AvgPool1dNode)
+    tup = _single if one else _pair
+
     def fn(ctx, node, in_shapes, out_shape):
-        k = _pair(_arg(node, 1, "kernel_size"))
+        k = tup(_arg(node, 1, "kernel_size"))
         st = _arg(node, 2, "stride")
-        s = _pair(st) if st not in (None, [], ()) else k
-        if _pair(_arg(node, 3, "padding", 0)) != [0, 0] or _arg(node, 4 if cls is AvgPool2dNode else 5,
-                                                                 "ceil_mode", False):
+        s = tup(st) if st not in (None, [], ()) else k
+        if any(tup(_arg(node, 3, "padding", 0))) or _arg(node, 4 if issubclass(cls, AvgPool2dNode) else 5,
+                                                         "ceil_mode", False):
             return "padding / ceil_mode are not supported"
         return cls(name=ctx.name(base), in_shape=in_shapes[0], out_shape=out_shape, source=where(node),
                    kernel_size=k, stride=s)
@@ -331,6 +385,9 @@ for _k in ("mean", torch.mean):
 _FUNCS[F.adaptive_avg_pool2d] = _fn_adaptive
 _FUNCS[F.max_pool2d] = _fn_pool(MaxPool2dNode, "pool")
 _FUNCS[F.avg_pool2d] = _fn_pool(AvgPool2dNode, "avgpool")
+_FUNCS[F.adaptive_avg_pool1d] = _fn_adaptive1d
+_FUNCS[F.max_pool1d] = _fn_pool(MaxPool1dNode, "pool")
+_FUNCS[F.avg_pool1d] = _fn_pool(AvgPool1dNode, "avgpool")
 #: calls that yield no tensor (shapes) or the identity
 _PASS = {"size", getattr, "dim", operator.getitem, "contiguous", F.dropout, F.dropout2d}
 

@@ -143,6 +143,17 @@ class Conv2dNode(Node):
         return self.groups > 1 and self.groups == self.in_channels
 
 
+@node_type("conv1d")
+@dataclass
+class Conv1dNode(Conv2dNode):
+    """A 1-D convolution on ``[C, L]`` (groups 1; weight shape ``[out, in, k]``). Every
+    stage computes it as the ``conv2d`` of height 1 (:func:`conv_as_2d`)."""
+
+    kernel_size: list[int] = field(default_factory=lambda: [1])
+    stride: list[int] = field(default_factory=lambda: [1])
+    padding: list[int] = field(default_factory=lambda: [0])
+
+
 @node_type("relu")
 @dataclass
 class ReluNode(Node):
@@ -170,6 +181,40 @@ class MaxPool2dNode(Node):
 class AvgPool2dNode(Node):
     kernel_size: list[int] = field(default_factory=lambda: [2, 2])
     stride: list[int] = field(default_factory=lambda: [2, 2])
+
+
+@node_type("maxpool1d")
+@dataclass
+class MaxPool1dNode(MaxPool2dNode):
+    """Max pooling on ``[C, L]`` (the ``maxpool2d`` of height 1)."""
+
+    kernel_size: list[int] = field(default_factory=lambda: [2])
+    stride: list[int] = field(default_factory=lambda: [2])
+
+
+@node_type("avgpool1d")
+@dataclass
+class AvgPool1dNode(AvgPool2dNode):
+    """Average pooling on ``[C, L]`` (the ``avgpool2d`` of height 1)."""
+
+    kernel_size: list[int] = field(default_factory=lambda: [2])
+    stride: list[int] = field(default_factory=lambda: [2])
+
+
+#: 1-D node types: each is its 2-D parent with height 1
+ONE_D = {"conv1d": "conv2d", "maxpool1d": "maxpool2d", "avgpool1d": "avgpool2d"}
+
+
+def as_2d_lists(n: Node) -> dict:
+    """The 2-D ``kernel_size`` / ``stride`` / ``padding`` of a 1-D or 2-D conv/pool node
+    (height 1, no padding along it for a 1-D node)."""
+    one_d = n.op in ONE_D
+    out = {}
+    for k, fill in (("kernel_size", 1), ("stride", 1), ("padding", 0)):
+        v = getattr(n, k, None)
+        if v is not None:
+            out[k] = [fill, int(v[0])] if one_d else [int(v[0]), int(v[1])]
+    return out
 
 
 @node_type("flatten")
@@ -637,8 +682,8 @@ def _check_shape(s, where: str) -> None:
         raise BundleError(f"{where}: shape {s!r} must be 1 to 3 positive integers (no batch dimension)")
 
 
-def _pair_ok(v, low: int) -> bool:
-    return isinstance(v, (list, tuple)) and len(v) == 2 and all(
+def _pair_ok(v, low: int, n: int = 2) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == n and all(
         isinstance(x, int) and not isinstance(x, bool) and low <= x <= MAX_DIM for x in v)
 
 
@@ -681,21 +726,27 @@ def node_problem(n: Node) -> str:
             return (f"in_features {n.in_features} / out_features {n.out_features} must be the sizes of its "
                     f"1-D input {i} and output {o}")
     elif isinstance(n, Conv2dNode):
-        if len(i) != 3 or len(o) != 3:
-            return f"input {i} and output {o} must be [C, H, W]"
-        if not (_pair_ok(n.kernel_size, 1) and _pair_ok(n.stride, 1) and _pair_ok(n.padding, 0)):
-            return f"kernel_size {n.kernel_size} / stride {n.stride} / padding {n.padding} must be integer pairs"
+        nd = 1 if n.op in ONE_D else 2
+        if len(i) != nd + 1 or len(o) != nd + 1:
+            return f"input {i} and output {o} must be {'[C, L]' if nd == 1 else '[C, H, W]'}"
+        if not (_pair_ok(n.kernel_size, 1, nd) and _pair_ok(n.stride, 1, nd) and _pair_ok(n.padding, 0, nd)):
+            return (f"kernel_size {n.kernel_size} / stride {n.stride} / padding {n.padding} must be "
+                    f"{'one integer each' if nd == 1 else 'integer pairs'}")
         g = n.groups
         if not isinstance(g, int) or g < 1 or n.in_channels != i[0] or n.out_channels != o[0] or i[0] % g or o[0] % g:
             return (f"in_channels {n.in_channels}, out_channels {n.out_channels}, groups {g} do not fit its input "
                     f"{i} and output {o}")
-        want = [o[0]] + [(i[d + 1] + 2 * n.padding[d] - n.kernel_size[d]) // n.stride[d] + 1 for d in (0, 1)]
+        if nd == 1 and g != 1:
+            return f"groups {g}: a conv1d has groups 1"
+        want = [o[0]] + [(i[d + 1] + 2 * n.padding[d] - n.kernel_size[d]) // n.stride[d] + 1 for d in range(nd)]
         if want != o:
             return f"output shape {o} is not the {want} its input {i}, kernel, stride and padding give"
     elif isinstance(n, (MaxPool2dNode, AvgPool2dNode)):
-        if len(i) != 3 or not (_pair_ok(n.kernel_size, 1) and _pair_ok(n.stride, 1)):
-            return f"input {i} must be [C, H, W], kernel_size {n.kernel_size} and stride {n.stride} integer pairs"
-        want = [i[0]] + [(i[d + 1] - n.kernel_size[d]) // n.stride[d] + 1 for d in (0, 1)]
+        nd = 1 if n.op in ONE_D else 2
+        if len(i) != nd + 1 or not (_pair_ok(n.kernel_size, 1, nd) and _pair_ok(n.stride, 1, nd)):
+            return (f"input {i} must be {'[C, L]' if nd == 1 else '[C, H, W]'}, kernel_size {n.kernel_size} and "
+                    f"stride {n.stride} {'one integer each' if nd == 1 else 'integer pairs'}")
+        want = [i[0]] + [(i[d + 1] - n.kernel_size[d]) // n.stride[d] + 1 for d in range(nd)]
         if want != o or min(want) < 1:
             return f"output shape {o} is not the {want} its input {i}, kernel and stride give"
     elif isinstance(n, FlattenNode):

@@ -201,8 +201,8 @@ def drop_node(gm: fx.GraphModule, target: str) -> None:
 ADD_FUNCS = {operator.add, torch.add, operator.iadd, "add", "add_"}
 CAT_FUNCS = {torch.cat, torch.concat}
 #: average pooling (its value gets a quantizer in qsp.convert)
-POOL_FUNCS = {F.avg_pool2d, F.adaptive_avg_pool2d, "mean", torch.mean}
-POOL_MODULES = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+POOL_FUNCS = {F.avg_pool2d, F.adaptive_avg_pool2d, F.avg_pool1d, F.adaptive_avg_pool1d, "mean", torch.mean}
+POOL_MODULES = (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)
 
 
 def join_nodes(gm: fx.GraphModule, read_alone_ok) -> list[fx.Node]:

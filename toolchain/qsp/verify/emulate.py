@@ -39,6 +39,9 @@ whose bound is below ``2**53`` run on float64 BLAS (every partial sum is an inte
 
 :func:`fake_quant_forward` is the training-time float32 computation (``F.linear`` /
 ``F.conv2d`` + :func:`qsp.fixedpoint.quantize_torch`) of the same graph.
+
+The 1-D ops ``conv1d``, ``maxpool1d``, ``avgpool1d`` on ``[C, L]`` are their 2-D ops on
+``[C, 1, L]`` (kernel ``(1, k)``): the same code path, the same exactness.
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..bundle.schema import sequential_inputs
+from ..bundle.schema import ONE_D, as_2d_lists, sequential_inputs
 from ..bundle import (GRAPH_INPUT, AvgPool2dNode, Bundle, ClipNode, Conv2dNode, FlattenNode, LinearNode,
                       MaskNode, MaxPool2dNode, Node, PixelShuffleNode, QuantNode, ReluNode, ScaleShiftNode,
                       consumers)
@@ -163,6 +166,14 @@ def _pair(v) -> tuple[int, int]:
     return (int(v[0]), int(v[1])) if isinstance(v, (list, tuple)) else (int(v), int(v))
 
 
+def _spatial(node) -> dict:
+    """kernel / stride / padding as 2-D pairs: a 1-D node (conv1d, maxpool1d, avgpool1d) is
+    its 2-D op with height 1 (schema.as_2d_lists)."""
+    d = as_2d_lists(node)
+    return {k: tuple(d[key]) for k, key in (("kernel", "kernel_size"), ("stride", "stride"),
+                                              ("padding", "padding")) if key in d}
+
+
 # ============================================================================ analysis
 _INFER: dict[str, Callable] = {}
 _RUN: dict[str, Callable] = {}
@@ -221,12 +232,20 @@ def _infer_conv(bundle, graph, i, node: Conv2dNode, info):
     info = _need_info(node, info)
     w, wf = weight_codes(bundle, node)
     g = int(node.groups)
-    if g < 1 or node.in_shape[0] % g or w.ndim != 4 or w.shape[0] % g or w.shape[1] * g != node.in_shape[0]:
+    nd = len(node.in_shape) - 1
+    if g < 1 or node.in_shape[0] % g or w.ndim != nd + 2 or w.shape[0] % g or w.shape[1] * g != node.in_shape[0]:
         raise BundleError(f"node {node.name!r}: weight shape {list(w.shape)} (groups {g}) does not match input "
                           f"{node.in_shape}")
     out, params = _infer_weighted(bundle, node, info, np.abs(w).reshape(w.shape[0], -1).sum(axis=1), w, wf)
-    params.update(kernel=_pair(node.kernel_size), stride=_pair(node.stride), padding=_pair(node.padding), groups=g)
+    if nd == 1:  # conv1d: the conv2d of height 1
+        params["w"] = w[:, :, None, :]
+    params.update(_spatial(node), groups=g, out_hw=_hw(node.out_shape))
     return out, params
+
+
+def _hw(shape) -> tuple[int, int]:
+    """(H, W) of a [C, H, W] or (1, L) of a [C, L] shape."""
+    return (1, int(shape[1])) if len(shape) == 2 else (int(shape[1]), int(shape[2]))
 
 
 @_op("relu", _INFER)
@@ -249,13 +268,14 @@ def _infer_mask(bundle, graph, i, node: MaskNode, info):
 
 @_op("maxpool2d", _INFER)
 def _infer_maxpool(bundle, graph, i, node, info):
-    return _need_info(node, info), {"kernel": _pair(node.kernel_size), "stride": _pair(node.stride)}
+    return _need_info(node, info), _spatial(node)
 
 
 @_op("avgpool2d", _INFER)
 def _infer_avgpool(bundle, graph, i, node: AvgPool2dNode, info):
     info = _need_info(node, info)
-    k, s = _pair(node.kernel_size), _pair(node.stride)
+    sp = _spatial(node)
+    k, s = sp["kernel"], sp["stride"]
     n = k[0] * k[1]
     frac = avgpool_frac(info.frac, n, _next_quant_frac(graph, i))
     up = frac - info.frac
@@ -413,7 +433,7 @@ def _run_conv(step: Step, x: Fixed):
     og, cg = o // g, w.shape[1]  # outputs and input channels per group
     codes = np.pad(x.codes, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     b = codes.shape[0]
-    oh, ow = step.node.out_shape[1], step.node.out_shape[2]
+    oh, ow = p["out_hw"]
     per_sample = oh * ow * cg * kh * kw * g
     chunk = max(1, _CHUNK_ELEMENTS // max(per_sample, 1))
     out = np.empty((b, o, oh, ow), dtype=np.int64)
@@ -429,6 +449,14 @@ def _run_conv(step: Step, x: Fixed):
             acc = np.stack([int_matmul(cols[:, k], w2[k], p["prod_bound"]) for k in range(g)], axis=1)
         out[s:s + chunk] = acc.reshape(nb, oh, ow, o).transpose(0, 3, 1, 2)
     return Fixed(_add_bias(out, p, 1), step.out_info.frac)
+
+
+def _one_d(run2d):
+    """The run function of a 1-D op: its 2-D op on [B, C, 1, L]."""
+    def run(step: Step, x: Fixed):
+        y = run2d(step, Fixed(x.codes[:, :, None, :], x.frac))
+        return Fixed(y.codes[:, :, 0, :], y.frac)
+    return run
 
 
 @_op("relu", _RUN)
@@ -499,6 +527,10 @@ def _run_add(step: Step, xs: list):
 def _run_concat(step: Step, xs: list):
     return Fixed(np.concatenate([x.codes << s for x, s in zip(xs, step.params["shifts"])], axis=1),
                  step.out_info.frac)
+
+
+for _op1, _op2 in ONE_D.items():
+    _INFER[_op1], _RUN[_op1] = _INFER[_op2], _one_d(_RUN[_op2])
 
 
 def run_steps(steps: list[Step], x, each=None):
@@ -603,6 +635,10 @@ def fake_quant_forward(bundle: Bundle, x, trace: bool = False):
         "concat": lambda n, ts: torch.cat(ts, dim=1),
         "relu": lambda n, t: F.relu(t),
         "mask": lambda n, t: t * _t(bundle.mask(n.name)),
+        "conv1d": lambda n, t: F.conv1d(t, _t(bundle.weight(n.name)), _tb(bundle.bias(n.name)),
+                                        stride=int(n.stride[0]), padding=int(n.padding[0])),
+        "maxpool1d": lambda n, t: F.max_pool1d(t, int(n.kernel_size[0]), int(n.stride[0])),
+        "avgpool1d": lambda n, t: F.avg_pool1d(t, int(n.kernel_size[0]), int(n.stride[0])),
         "maxpool2d": lambda n, t: F.max_pool2d(t, _pair(n.kernel_size), _pair(n.stride)),
         "avgpool2d": lambda n, t: F.avg_pool2d(t, _pair(n.kernel_size), _pair(n.stride)),
         "flatten": lambda n, t: torch.flatten(t, 1),
