@@ -58,6 +58,7 @@ Grouped / depthwise convolution
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..bundle import Bundle
+from ..bundle.schema import ONE_D
 from ..errors import QspError, UnsupportedLayerError
 from ..verify.emulate import MULTI_INPUT, Step, TensorInfo, analyze
 
@@ -219,7 +221,7 @@ def _quant(b: _Builder, st: Step, x: _T, bundle: Bundle) -> _T:
     from ..bundle.schema import consumers
     readers = {n.op for n in consumers(bundle.graph).get(st.node.name, [])}
     if fmt.rounding == "convergent" and fmt.bits <= 16 and not x.double and prod not in _QDQ_PROPAGATED \
-            and not readers & {"maxpool2d", "concat"}:
+            and not readers & {"maxpool2d", "maxpool1d", "concat"}:
         y = x.name
         if fmt.bits < _storage_bits(dt):
             y = b.op("Clip", [y, b.scalar(fmt.min, False, "lo"), b.scalar(fmt.max, False, "hi")], "clip")
@@ -463,6 +465,23 @@ def build_onnx(bundle: Bundle) -> onnx.ModelProto:
     order, each reading the tensors of the nodes its ``inputs`` name (``"input"``: the
     graph input); ``add``/``concat`` read all of theirs."""
     return build_graph_model(bundle, _Builder(), _HANDLERS)
+
+
+def _one_d(handler2d):
+    """The ONNX of a 1-D op (conv1d, maxpool1d, avgpool1d): Unsqueeze to [N, C, 1, L], its
+    2-D op (kernel (1, k), the emulator's params), Squeeze back."""
+    def fn(b: _Builder, st: Step, x: _T, bundle: Bundle) -> _T:
+        n = st.node
+        view = dataclasses.replace(st, node=dataclasses.replace(
+            n, in_shape=[n.in_shape[0], 1, n.in_shape[1]], out_shape=[n.out_shape[0], 1, n.out_shape[1]]))
+        axes = b.const(np.array([2], np.int64), "axes")
+        y = handler2d(b, view, _T(b.op("Unsqueeze", [x.name, axes], "to_2d"), x.double, x.info), bundle)
+        return _T(b.op("Squeeze", [y.name, axes], "to_1d"), y.double, y.info)
+    return fn
+
+
+for _op1, _op2 in ONE_D.items():
+    _HANDLERS[_op1] = _one_d(_HANDLERS[_op2])
 
 
 def build_graph_model(bundle: Bundle, b: _Builder, handlers: dict, opsets=(), full_check: bool = True,
