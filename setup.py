@@ -14,7 +14,7 @@ from setuptools.command.build_py import build_py as _build_py
 ROOT = Path(__file__).resolve().parent
 #: repository folder -> (folder under qsp/_data, file patterns copied)
 DATA = {
-    "boards": ("boards", ("*.yaml",)),
+    "boards": ("boards", ("*.yaml", "power/*.yaml")),
     "hls": ("hls", ("*.h",)),
     "deploy": ("deploy", ("README.md", "pynq/*.py")),
 }

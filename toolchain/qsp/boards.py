@@ -303,3 +303,130 @@ def get_board(name: str, extra_dirs=None) -> Board:
     if claims:
         return claims[0]
     raise BoardError(f"unknown board {name!r}; known boards: {', '.join(sorted(files))}")
+
+
+# ----------------------------------------------------------------------------- power model data
+#: where a board directory keeps its FPGA power figures (one file per directory, all families)
+POWER_FILE = ("power", "families.yaml")
+#: resources a dynamic-power coefficient may be given for (the estimator's usage keys)
+POWER_RESOURCES = ("LUT", "FF", "DSP", "BRAM18", "URAM")
+_POWER_FAMILY_KEYS = {"static_w", "dynamic_w_per_100mhz", "sources", "searched", "notes"}
+
+
+@dataclass(frozen=True)
+class PowerFamily:
+    """The FPGA power figures of one device family, as cited in a ``power/families.yaml``.
+
+    ``static_w``: device static power (W) by part (a key matches a board's part exactly, or
+    as its longest prefix, e.g. ``xc7z020``); ``dynamic_w_per_100mhz``: W per used resource
+    at 100 MHz and the file's ``toggle_rate``. Either may be empty: a family without a
+    citable figure has no number here, only ``searched`` (what was looked for)."""
+
+    family: str
+    static_w: dict[str, float]
+    dynamic_w_per_100mhz: dict[str, float]
+    toggle_rate: float
+    sources: dict[str, str]
+    searched: str = ""
+    notes: str = ""
+    path: Path | None = field(default=None, compare=False)
+
+    def static_for(self, part: str) -> float | None:
+        p = part.lower()
+        keys = [k for k in self.static_w if p == k or p.startswith(k)]
+        return self.static_w[max(keys, key=len)] if keys else None
+
+
+def _positive_map(v, where: str, keys: Iterable[str] | None = None) -> dict[str, float]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise BoardError(f"{where} must be a mapping, got {v!r}")
+    out = {}
+    for k, x in v.items():
+        if not isinstance(k, str) or (keys is not None and k not in keys):
+            raise BoardError(f"{where}: unknown key {k!r}" + (f"; known: {list(keys)}" if keys else ""))
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0:
+            raise BoardError(f"{where}: {k!r} must be a finite positive number, got {x!r}")
+        out[k.lower() if keys is None else k] = float(x)
+    return out
+
+
+def power_families_from_dict(d, where: str = "power file") -> dict[str, PowerFamily]:
+    """Validate a parsed ``power/families.yaml``: every number finite and positive, every
+    figure with its source."""
+    if not isinstance(d, dict) or set(d) - {"toggle_rate", "toggle_rate_source", "families", "model"}:
+        raise BoardError(f"{where}: top level must be a mapping with 'toggle_rate', 'toggle_rate_source', "
+                         f"'families' (and optionally 'model')")
+    tr = d.get("toggle_rate")
+    if isinstance(tr, bool) or not isinstance(tr, (int, float)) or not math.isfinite(tr) or not 0 < tr <= 1:
+        raise BoardError(f"{where}: 'toggle_rate' must be a number in (0, 1], got {tr!r}")
+    if not isinstance(d.get("toggle_rate_source"), str) or not d["toggle_rate_source"].strip():
+        raise BoardError(f"{where}: 'toggle_rate_source' must name where the toggle rate comes from")
+    fams = d.get("families")
+    if not isinstance(fams, dict):
+        raise BoardError(f"{where}: 'families' must be a mapping of family name -> figures")
+    out = {}
+    for name, f in fams.items():
+        w = f"{where}: family {name!r}"
+        if not isinstance(name, str) or not isinstance(f, dict):
+            raise BoardError(f"{w} must be a mapping")
+        if set(f) - _POWER_FAMILY_KEYS:
+            raise BoardError(f"{w}: unknown field(s) {sorted(set(f) - _POWER_FAMILY_KEYS)}; "
+                             f"known: {sorted(_POWER_FAMILY_KEYS)}")
+        static = _positive_map(f.get("static_w"), f"{w}: static_w")
+        dyn = _positive_map(f.get("dynamic_w_per_100mhz"), f"{w}: dynamic_w_per_100mhz", POWER_RESOURCES)
+        src = f.get("sources") or {}
+        if not isinstance(src, dict) or not all(isinstance(v, str) for v in src.values()):
+            raise BoardError(f"{w}: 'sources' must map 'static' / 'dynamic' to text")
+        for fig, key in ((static, "static"), (dyn, "dynamic")):
+            if fig and not str(src.get(key, "")).strip():
+                raise BoardError(f"{w}: figures in {'static_w' if key == 'static' else 'dynamic_w_per_100mhz'} "
+                                 f"need a source: 'sources: {{{key}: ...}}'")
+        if not static and not dyn and not str(f.get("searched", "")).strip():
+            raise BoardError(f"{w}: no figures; say in 'searched' what was looked for")
+        out[name.lower()] = PowerFamily(name.lower(), static, dyn, float(tr), {str(k): v for k, v in src.items()},
+                                        str(f.get("searched") or ""), str(f.get("notes") or ""))
+    return out
+
+
+#: (path, mtime_ns, size) -> families, like _LOADED
+_POWER_LOADED: dict[tuple, dict[str, PowerFamily] | BoardError] = {}
+
+
+def load_power_file(path) -> dict[str, PowerFamily]:
+    p = Path(path)
+    if not p.is_file():
+        raise BoardError(f"power file {str(p)!r} is not a regular file" if p.exists()
+                         else f"power file {str(p)!r} does not exist")
+    st = p.stat()
+    key = (str(p), st.st_mtime_ns, st.st_size)
+    if key not in _POWER_LOADED:
+        try:
+            d = yaml.safe_load(p.read_text())
+            fams = power_families_from_dict(d, f"power file {p}")
+            _POWER_LOADED[key] = {k: PowerFamily(**{**{f.name: getattr(v, f.name) for f in fields(v)}, "path": p})
+                                  for k, v in fams.items()}
+        except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+            _POWER_LOADED[key] = BoardError(f"power file {p}: not valid YAML ({type(e).__name__}: {str(e)[:200]})")
+        except BoardError as e:
+            _POWER_LOADED[key] = e
+    got = _POWER_LOADED[key]
+    if isinstance(got, BoardError):
+        raise BoardError(str(got))
+    return got
+
+
+def power_family(board: Board, extra_dirs=None) -> PowerFamily | None:
+    """The power figures for ``board``'s family: from ``power/families.yaml`` beside the
+    board's own file first, then in the board directories (:func:`board_dirs`); the first
+    file that names the family wins. ``None`` when no file names it."""
+    dirs = ([board.path.parent] if board.path is not None else []) + board_dirs(extra_dirs)
+    fam = board.family.lower()
+    for d in dict.fromkeys(dirs):
+        f = d.joinpath(*POWER_FILE)
+        if f.exists():
+            got = load_power_file(f)
+            if fam in got:
+                return got[fam]
+    return None

@@ -52,6 +52,11 @@ def main(argv=None) -> int:
             print(f"{'board':<12} {'verdict':<27} binding resource")
             for be in est.boards:
                 print(be.line())
+            print("energy per inference, FPGA model (static + dynamic power x latency; boards/power/families.yaml):")
+            for be in est.boards:
+                f = be.fpga_energy
+                print(f"  {be.board.name:<12} " + (f.missing if f.missing else
+                                                   f"{f.energy_latency_pj / 1e3:.4g} nJ at {f.power_w:.3g} W"))
             print(f"footprint {t.footprint_bits:,} bits (float32 dense {t.float_footprint_bits:,}); "
                   f"BOPs {t.bops:,} (float32 dense {t.bops_float:,})")
         else:

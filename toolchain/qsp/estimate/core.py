@@ -180,6 +180,13 @@ class BoardEstimate:
     def ii_us(self) -> float:
         return self.shown.total.ii_cycles / self.board.clock_mhz
 
+    @property
+    def fpga_energy(self) -> E.FpgaEnergy:
+        """FPGA power and energy per inference of the plan shown, from the board family's
+        power figures (or why there are none); beside the ASIC figure ``energy``."""
+        t = self.shown.total
+        return E.fpga_energy(self.board, t.usage(), t.latency_cycles, t.ii_cycles)
+
     def line(self) -> str:
         u = self.shown.utilization(self.board)
         alt = f" [{self.alternative.label}]" if self.alternative is not None else ""
@@ -196,7 +203,8 @@ class BoardEstimate:
                 "latency_us": self.latency_us, "ii_us": self.ii_us,
                 "plan": self.plan.to_dict(self.board),
                 "alternative": None if self.alternative is None else self.alternative.to_dict(self.board),
-                "energy_pj": self.energy.to_dict(), "energy_float32_pj": self.energy_float.to_dict()}
+                "energy_pj": self.energy.to_dict(), "energy_float32_pj": self.energy_float.to_dict(),
+                "energy_label": E.ASIC_LABEL, "energy_fpga": self.fpga_energy.to_dict()}
 
 
 def _as_strategy(s) -> LayerStrategy:
@@ -475,7 +483,11 @@ class Estimate:
                 "totals": asdict(self.totals), "layers": [le.to_dict() for le in self.layers],
                 "hardware_graph": None if self.hardware is None else self.hardware.to_dict(),
                 "boards": [b.to_dict() for b in self.boards],
-                "models": {"energy": E.SOURCE, "resources": "analytic model, docs/estimate.md"}}
+                "models": {"energy": E.SOURCE, "energy_asic": E.ASIC_LABEL,
+                           "energy_fpga": "FPGA model: static + dynamic per used resource at the board clock, figures "
+                                          "from boards/power/families.yaml (docs/estimate.md); per board in "
+                                          "boards[].energy_fpga",
+                           "resources": "analytic model, docs/estimate.md"}}
 
 
 def original_float_baseline(bundle, ffp, weight_layers) -> tuple[int, int, str]:
@@ -652,10 +664,20 @@ def summary_for_board(bundle_or_estimate, board, strategies=None, hardware=None)
              f"  {'BOPs':<12}{t.bops:>16,}{t.bops_float:>18,}{t.bops_float / max(t.bops, 1):>8.1f}x",
              f"  {'energy/inf':<12}{_fmt_pj(be.energy.total):>16}{_fmt_pj(be.energy_float.total):>18}"
              f"{be.energy_float.total / max(be.energy.total, 1e-12):>8.1f}x"
-             + ("  (float32 weights from DRAM)" if be.energy_float.weights_in_dram else "")]
+             + ("  (float32 weights from DRAM)" if be.energy_float.weights_in_dram else ""),
+             f"  {'':<12}(energy/inf: {E.ASIC_LABEL})",
+             "  " + _fpga_line(be.fpga_energy)]
     if described is not None:
         lines.insert(1, f"  {described.describe()}")
     return "\n".join(lines)
+
+
+def _fpga_line(f: E.FpgaEnergy) -> str:
+    if f.missing:
+        return f"{'FPGA energy':<12}{f.missing} (FPGA model: static + dynamic; no figure, not zero)"
+    return (f"{'FPGA energy':<12}{_fmt_pj(f.energy_latency_pj):>16} per inference alone (P x latency), "
+            f"{_fmt_pj(f.energy_ii_pj)} streaming (P x II); P = {f.static_w:.3g} W static + {f.dynamic_w:.3g} W "
+            f"dynamic [{f.label}]")
 
 
 def _bundle_of(est: Estimate):

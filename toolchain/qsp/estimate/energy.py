@@ -76,3 +76,83 @@ class Energy:
 def memory_energy(bits: float, size_bytes: float, dram: bool) -> float:
     per64 = E_DRAM_64 if dram else e_sram_64(size_bytes)
     return bits / 64.0 * per64
+
+
+# ----------------------------------------------------------------------------- FPGA power model
+#: how the two energy figures are labelled wherever they are shown
+ASIC_LABEL = "ASIC 45 nm op energy (Horowitz, ISSCC 2014): per-operation energies, not an FPGA figure"
+
+
+@dataclass
+class FpgaEnergy:
+    """The board's FPGA energy per inference from its family's power figures
+    (``boards/power/families.yaml``), or why there is none (``missing``).
+
+    ``P = static + sum_r coeff_r * used_r * clock_mhz / 100``; energy per inference is
+    ``P x latency`` for one inference alone and ``P x II`` when inferences stream."""
+
+    family: str
+    missing: str = ""  # "" when the figures below are set
+    static_w: float | None = None
+    dynamic_w: float | None = None
+    latency_s: float = 0.0
+    ii_s: float = 0.0
+    toggle_rate: float | None = None
+    source: str = ""
+    searched: str = ""  # what was looked for, when the family has no figures
+
+    @property
+    def power_w(self) -> float | None:
+        return None if self.missing else self.static_w + self.dynamic_w
+
+    @property
+    def energy_latency_pj(self) -> float | None:
+        return None if self.missing else self.power_w * self.latency_s * 1e12
+
+    @property
+    def energy_ii_pj(self) -> float | None:
+        return None if self.missing else self.power_w * self.ii_s * 1e12
+
+    @property
+    def label(self) -> str:
+        if self.missing:
+            return f"FPGA model: {self.missing}"
+        return (f"FPGA model: static + dynamic (toggle rate {100 * self.toggle_rate:g} %) from {self.source}; "
+                "XPE-style early estimate, typically +-30 %")
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "family": self.family, "available": not self.missing, "missing": self.missing,
+                "static_w": self.static_w, "dynamic_w": self.dynamic_w, "power_w": self.power_w,
+                "toggle_rate": self.toggle_rate, "source": self.source, "searched": self.searched,
+                "latency_s": self.latency_s, "ii_s": self.ii_s,
+                "energy_latency_pj": self.energy_latency_pj, "energy_ii_pj": self.energy_ii_pj}
+
+
+def fpga_dynamic_w(coeffs: dict[str, float], usage: dict[str, int], clock_mhz: float) -> float:
+    """sum_r coeff_r (W per unit at 100 MHz) x used_r x clock / 100 MHz."""
+    return sum(coeffs[r] * n for r, n in usage.items() if n) * clock_mhz / 100.0
+
+
+def fpga_energy(board, usage: dict[str, int], latency_cycles: int, ii_cycles: int, family=None) -> FpgaEnergy:
+    """``board``'s FPGA power and energy per inference for ``usage`` (resource -> units
+    used), from ``family`` (a :class:`qsp.boards.PowerFamily`; looked up for the board
+    when None). Any figure the calculation needs and the file lacks gives ``missing``
+    naming it: the part's static power, a coefficient for a resource the design uses."""
+    from ..boards import power_family
+
+    fam_name = board.family or "(no family in the board file)"
+    fam = power_family(board) if family is None else family
+    period = 1e-6 / board.clock_mhz
+    base = dict(family=fam_name, latency_s=latency_cycles * period, ii_s=ii_cycles * period)
+    if fam is None or (not fam.static_w and not fam.dynamic_w_per_100mhz):
+        return FpgaEnergy(missing=f"no power data for {fam_name}", searched=fam.searched if fam else "", **base)
+    static = fam.static_for(board.part)
+    if static is None:
+        return FpgaEnergy(missing=f"no power data for {fam_name}: no static power for part {board.part}", **base)
+    lacking = [r for r, n in usage.items() if n and r not in fam.dynamic_w_per_100mhz]
+    if lacking:
+        return FpgaEnergy(missing=f"no power data for {fam_name}: no dynamic coefficient for "
+                                  f"{', '.join(lacking)}", **base)
+    src = "; ".join(f"{k}: {v}" for k, v in fam.sources.items() if k in ("static", "dynamic"))
+    return FpgaEnergy(static_w=static, dynamic_w=fpga_dynamic_w(fam.dynamic_w_per_100mhz, usage, board.clock_mhz),
+                      toggle_rate=fam.toggle_rate, source=src, **base)

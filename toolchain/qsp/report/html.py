@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
+from ..estimate.energy import ASIC_LABEL
 from .svg import bar_chart, scatter_pareto, utilization_chart
 
 CSS = """
@@ -170,10 +171,16 @@ def render_report(est, runs_dir=None, title: str | None = None, board: str | Non
                          f"{r.lut:,} ({100 * u['LUT']:.1f}%)", f"{r.ff:,} ({100 * u['FF']:.1f}%)",
                          f"{r.dsp:,} ({100 * u['DSP']:.1f}%)", f"{r.bram18:,} ({100 * u['BRAM18']:.1f}%)",
                          r.latency_cycles, f"{be.latency_us:.3g}", r.ii_cycles,
-                         f"{be.energy.total / 1e3:.4g}", f"{be.energy_float.total / 1e3:.4g}"])
+                         f"{be.energy.total / 1e3:.4g}", f"{be.energy_float.total / 1e3:.4g}",
+                         _fpga_cell(be.fpga_energy)])
         parts.append(_table(["board", "part", "verdict", "binding", "strategy plan", "LUT", "FF", "DSP", "BRAM18",
-                             "latency (cycles)", "latency (us)", "II (cycles)", "energy (nJ)", "float32 energy (nJ)"],
+                             "latency (cycles)", "latency (us)", "II (cycles)", "ASIC 45 nm op energy (nJ)",
+                             "ASIC float32 energy (nJ)", "FPGA model energy (nJ, P x latency)"],
                             brow, "boards", left=5))
+        parts.append('<p class="note">Two different energy figures: the ASIC columns are '
+                     f"{escape(ASIC_LABEL)}; the FPGA model column is the board's static + dynamic power "
+                     "(boards/power/families.yaml, per device family) times the latency, or says which family has "
+                     "no citable power data.</p>")
         parts.append(utilization_chart("Resource use against each board's budget",
                                        [(be.board.name, be.shown.utilization(be.board)) for be in est.boards]))
         be0 = report_board(est, board)
@@ -204,6 +211,12 @@ def render_report(est, runs_dir=None, title: str | None = None, board: str | Non
                               r.float_footprint_bits or "", r.path] for r in runs], "runs"))
     parts.append(f'<p class="note">energy model: {escape(est.to_dict()["models"]["energy"])}</p></body></html>')
     return "".join(parts)
+
+
+def _fpga_cell(f) -> str:
+    if f.missing:
+        return f.missing
+    return f"{f.energy_latency_pj / 1e3:.4g} ({f.power_w:.3g} W)"
 
 
 def write_report(est, path, runs_dir=None, board: str | None = None) -> Path:
