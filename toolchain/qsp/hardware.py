@@ -44,7 +44,7 @@ import numpy as np
 STRATEGIES = ("Latency", "Resource", "resource_unrolled", "distributed_arithmetic")
 #: ops whose hls4ml layer takes a Strategy / ReuseFactor (the keys of a strategy plan);
 #: scale_shift has none in qsp-compile's config (built fully parallel)
-STRATEGY_OPS = ("linear", "conv2d")
+STRATEGY_OPS = ("linear", "conv2d", "conv1d")
 #: weight sparsity from which a Dense layer is given resource_unrolled (auto)
 SPARSE_RU = 0.5
 
@@ -144,6 +144,8 @@ def latency_only(node) -> str:
                 "grouped conv: qsp's QspGroupedConv2d, built with Latency")
     if node.op == "scale_shift":
         return "scale_shift: qsp's QspScaleShift, elementwise, fully parallel"
+    if node.op == "conv1d":
+        return "conv1d: hls4ml's Conv1D, built with Latency (the one strategy qsp verified bit-exact for it)"
     return ""
 
 
@@ -152,7 +154,7 @@ class LayerFacts:
     """What the strategy rule reads of one Dense/Conv layer (of the graph as built)."""
 
     name: str
-    op: str  # "linear" | "conv2d"
+    op: str  # "linear" | "conv2d" | "conv1d"
     n_in: int  # kernel inputs per output (hls4ml's n_in; a conv: in/groups x kh x kw)
     n_out: int  # outputs per position (features / filters)
     weights: int

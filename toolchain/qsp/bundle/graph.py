@@ -21,7 +21,7 @@ from .io import Bundle
 from .schema import Conv2dNode, LinearNode, Node, consumers
 
 #: per-unit ops between a producer and the next layer: unit u stays unit u, 0 stays 0
-UNIT_OPS = {"relu", "quantize", "mask", "maxpool2d"}
+UNIT_OPS = {"relu", "quantize", "mask", "maxpool2d", "maxpool1d"}
 WEIGHTED = (LinearNode, Conv2dNode)
 
 

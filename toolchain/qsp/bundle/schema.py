@@ -217,6 +217,19 @@ def as_2d_lists(n: Node) -> dict:
     return out
 
 
+def as_2d(n: Node) -> Node:
+    """The 2-D node a 1-D one is (``conv1d`` -> ``conv2d`` on ``[C, 1, L]``, kernel
+    ``(1, k)``, ...); any other node unchanged. For stages that compute 1-D ops with their
+    2-D code."""
+    if n.op not in ONE_D:
+        return n
+    parent = NODE_TYPES[ONE_D[n.op]]
+    d = {f.name: getattr(n, f.name) for f in fields(parent)}
+    i, o = n.in_shape, n.out_shape
+    d.update(as_2d_lists(n), in_shape=[i[0], 1, i[1]], out_shape=[o[0], 1, o[1]])
+    return parent(**d)
+
+
 @node_type("flatten")
 @dataclass
 class FlattenNode(Node):

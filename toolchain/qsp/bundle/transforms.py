@@ -123,7 +123,7 @@ class RemoveDead(Transformation):
             if isinstance(c, LinearNode):
                 unread = ~wc.reshape(wc.shape[0], units, -1).any(axis=(0, 2))
             else:
-                unread = ~wc.any(axis=(0, 2, 3))
+                unread = ~wc.any(axis=(0,) + tuple(range(2, wc.ndim)))  # conv2d [O, I, kh, kw], conv1d [O, I, k]
             zero_out = ~wp.reshape(units, -1).any(axis=1) & (bp == 0 if bp is not None else True)
             dead = np.nonzero(unread | zero_out)[0]
             if dead.size == 0:

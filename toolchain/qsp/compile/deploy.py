@@ -57,6 +57,27 @@ def _conv(bundle, n):
     return m
 
 
+@builds("conv1d")
+def _conv1d(bundle, n):
+    """hls4ml's Conv1D (its PyTorch frontend parses nn.Conv1d; groups 1 only)."""
+    m = nn.Conv1d(n.in_channels, n.out_channels, int(n.kernel_size[0]), int(n.stride[0]), int(n.padding[0]),
+                  bias=bundle.bias(n.name) is not None)
+    m.weight = _param(bundle.weight(n.name))
+    if m.bias is not None:
+        m.bias = _param(bundle.bias(n.name))
+    return m
+
+
+@builds("maxpool1d")
+def _maxpool1d(bundle, n):
+    return nn.MaxPool1d(int(n.kernel_size[0]), int(n.stride[0]))
+
+
+@builds("avgpool1d")
+def _avgpool1d(bundle, n):
+    return nn.AvgPool1d(int(n.kernel_size[0]), int(n.stride[0]))
+
+
 @builds("relu")
 def _relu(bundle, n):
     return nn.ReLU()

@@ -42,14 +42,16 @@ from ..fixedpoint import (FixedFormat, accumulator_format, ceil_log2, code_range
 from ..registry import Registry
 
 #: ops that quantization commutes with (monotone, 0 -> 0, elementwise or a selection)
-COMMUTING = {"relu", "mask", "maxpool2d", "flatten", "pixel_shuffle", "clip"}
-PRODUCERS = {"linear", "conv2d", "add", "scale_shift"}
+COMMUTING = {"relu", "mask", "maxpool2d", "maxpool1d", "flatten", "pixel_shuffle", "clip"}
+PRODUCERS = {"linear", "conv2d", "conv1d", "add", "scale_shift"}
 #: ops whose hls4ml/qsp implementation casts its output to ``result`` (so a quantize can fold)
-CASTING = {"linear", "conv2d", "relu", "mask", "maxpool2d", "avgpool2d", "pixel_shuffle", "requant", "add",
+CASTING = {"linear", "conv2d", "conv1d", "relu", "mask", "maxpool2d", "avgpool2d", "maxpool1d", "avgpool1d",
+           "pixel_shuffle", "requant", "add",
            "concat", "clip", "scale_shift", "leaky_relu"}
 #: hls4ml's class of each deploy layer (for the table and the estimator)
-HLS_CLASS = {"linear": "Dense", "conv2d": "Conv2D", "relu": "Activation", "mask": "QspMask",
-             "maxpool2d": "Pooling2D", "avgpool2d": "Pooling2D", "flatten": "Reshape",
+HLS_CLASS = {"linear": "Dense", "conv2d": "Conv2D", "conv1d": "Conv1D", "relu": "Activation", "mask": "QspMask",
+             "maxpool2d": "Pooling2D", "avgpool2d": "Pooling2D", "maxpool1d": "Pooling1D", "avgpool1d": "Pooling1D",
+             "flatten": "Reshape",
              "pixel_shuffle": "QspDepthToSpace", "requant": "QspRequant", "input": "Input",
              "add": "Merge", "concat": "Concatenate", "leaky_relu": "LeakyReLU", "clip": "QspClip", "scale_shift": "QspScaleShift",
              "dwconv2d": "DepthwiseConv2D", "gconv2d": "QspGroupedConv2d"}
@@ -186,7 +188,7 @@ def _finish(lp: LayerPrecision, exact: FixedFormat, post) -> LayerPrecision:
     return lp
 
 
-@handles("linear", "conv2d")
+@handles("linear", "conv2d", "conv1d")
 def _weight_layer(st: _State, n, post):
     w = st.bundle.weight(n.name)
     wf = weight_format(n)
@@ -262,14 +264,14 @@ def _same(st, n, post):
     return _finish(LayerPrecision(n.name, n.op, st.cur, node=n.name), st.cur, post)
 
 
-@handles("maxpool2d")
+@handles("maxpool2d", "maxpool1d")
 def _maxpool(st, n, post):
     lp = _finish(LayerPrecision(n.name, n.op, st.cur, node=n.name), st.cur, post)
     lp.accum = lp.result
     return lp
 
 
-@handles("avgpool2d")
+@handles("avgpool2d", "avgpool1d")
 def _avgpool(st, n, post):
     cnt = int(np.prod(n.kernel_size))
     lg = ceil_log2(cnt)
@@ -277,7 +279,7 @@ def _avgpool(st, n, post):
     if post is None:
         if 2 ** lg != cnt:
             raise UnsupportedLayerError(
-                f"node {n.name!r} (avgpool2d): a {n.kernel_size} window mean is not a fixed-point value; "
+                f"node {n.name!r} ({n.op}): a {n.kernel_size} window mean is not a fixed-point value; "
                 "quantize its output (add a quantizer after the pooling) to compile it")
         exact = FixedFormat(c.bits + lg, c.frac + lg, c.signed)
         # the window sum needs lg more integer bits than the mean (hls4ml sums in accum)
@@ -340,7 +342,7 @@ def derive(bundle) -> PrecisionPlan:
                 # fold into the cast of the layer before
                 prev.result, prev.result_rounds, prev.post = n.format, True, n.format
                 prev.folded.append(n.name)
-                if prev.op == "avgpool2d":  # its accumulator depends on the rounding
+                if prev.op in ("avgpool2d", "avgpool1d"):  # its accumulator depends on the rounding
                     new = _avgpool(_State(bundle, prev.input_format), graph[[g.name for g in graph].index(src)],
                                    (n.format, n.name))
                     new.input_format, new.inputs = prev.input_format, prev.inputs

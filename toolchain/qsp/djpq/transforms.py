@@ -31,7 +31,7 @@ from ..errors import BundleError
 
 #: per-channel ops a pruned (all-zero) channel crosses: 0 stays 0 (average pooling too; a
 #: clip only when its range holds 0, checked per link)
-PER_CHANNEL_OPS = UNIT_OPS | {"avgpool2d", "clip"}
+PER_CHANNEL_OPS = UNIT_OPS | {"avgpool2d", "avgpool1d", "clip"}
 WEIGHT_NODES = WEIGHTED
 
 

@@ -400,7 +400,7 @@ class HardwareGraph:
                     folded, removed = folded + 1, removed + 1
                 elif int((hardware.mask(n.name) == 0).sum()) < zeros:
                     folded += 1
-            elif n.op in ("linear", "conv2d") and h is not None:
+            elif n.op in ("linear", "conv2d", "conv1d") and h is not None:
                 d = _units(n) - _units(h)
                 feats, chans = (feats + d, chans) if n.op == "linear" else (feats, chans + d)
         return cls(tuple(steps), folded, removed, feats, chans, list(log))
@@ -507,7 +507,7 @@ def original_float_baseline(bundle, ffp, weight_layers) -> tuple[int, int, str]:
     for n in bundle.graph:
         ins = n.inputs or [GRAPH_INPUT]
         r = ratio.get(ins[0], Fraction(1))
-        if n.op in ("linear", "conv2d"):
+        if n.op in ("linear", "conv2d", "conv1d"):
             rm = removed.get(n.name)
             r_out = Fraction(int(rm["original"]), len(rm["kept"])) if rm else Fraction(1)
             scale[n.name], ratio[n.name] = r * r_out, r_out

@@ -29,6 +29,8 @@ Per-op rules (each defined once, in the op's handler below):
   ``out_ch x OH x OW x (in_ch / g) x kh x kw``; counted MACs: nonzero weight x alive input
   element that its group reads (padding counts as a static zero). ``fan_in`` (the kernel's
   inputs per output) is ``(in_ch / g) x kh x kw``.
+* ``conv1d`` / ``maxpool1d`` / ``avgpool1d``: as the 2-D op on ``[C, 1, L]`` (MACs
+  ``out_ch x L_out x in_ch x k``).
 * ``scale_shift``: one multiply and one add per element (``x * scale[c] + shift[c]``): it
   counts as a weight layer with ``fan_in`` 1, MACs = elements (counted: alive elements of
   channels whose scale is nonzero), BOPs = MACs x bits(scale) x bits(x); the scale is its
@@ -43,6 +45,7 @@ BOPs = MACs x b_w x b_a with b_a the bits of the layer's input format.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -52,7 +55,8 @@ from .. import hardware
 from ..bundle.footprint import point_mask
 from ..bundle.schema import (GRAPH_INPUT, AddNode, AvgPool2dNode, ClipNode, LeakyReluNode, ConcatNode, Conv2dNode, FlattenNode,
                              LinearNode, MaskNode, MaxPool2dNode, PixelShuffleNode, QuantNode, ReluNode,
-                             ScaleShiftNode, consumers, producers, sequential_inputs)
+                             ScaleShiftNode, as_2d, consumers, producers, sequential_inputs)
+from ..bundle.schema import ONE_D
 from ..errors import UnsupportedLayerError
 from ..fixedpoint import FixedFormat, accumulator_format, ceil_log2, widen_to_cover
 from ..registry import Registry
@@ -357,7 +361,12 @@ def count_graph(bundle) -> GraphCounts:
             raise UnsupportedLayerError(f"node {n.name!r}: op {n.op!r} has no estimator handler "
                                         f"(supported: {sorted(t.op for t in _HANDLERS)})")
         ins = [states[x] for x in n.inputs]
-        r = h(n, ins, bundle)
+        if n.op in ONE_D:  # a 1-D op counts as its 2-D op of height 1
+            r = h(as_2d(n), [_State(s.fmt, s.alive[:, None, :]) for s in ins], bundle)
+            w = r.weight and dataclasses.replace(r.weight, latency_only=hardware.latency_only(n))
+            r = _Out(r.alive[:, 0, :], w, r.adds)
+        else:
+            r = h(n, ins, bundle)
         fmt = r.weight.acc_format if r.weight is not None else fmts[n.name]
         st = states[n.name] = _State(fmt, r.alive)
         pool = math.prod(n.kernel_size) if isinstance(n, (MaxPool2dNode, AvgPool2dNode)) else 0

@@ -2,7 +2,7 @@
 strategy. A documented model, not a synthesis result: see docs/estimate.md for the rules
 and benchmarks/estimate_calibration.py for how far off it is against published figures.
 
-Multipliers (``linear``/``conv2d``):
+Multipliers (``linear``/``conv2d``/``conv1d``, a Conv1D modelled as the Conv2D of height 1):
 
 * a product of ``b_w x b_a`` bits maps to DSP48 slices when ``b_w * b_a >= DSP_MIN_PRODUCT``
   (10 x 10: narrower multiplies are built from LUTs by Vivado/Vitis HLS), using
@@ -239,14 +239,14 @@ def _quant(n: NodeCounts) -> Resources:
     return Resources(0, n.out_nonzero * b, n.out_nonzero * b, 0, 0, 1)
 
 
-@other_model("maxpool2d")
+@other_model("maxpool2d", "maxpool1d")
 def _maxpool(n: NodeCounts) -> Resources:
     b = n.out_format.bits
     per = (n.pool - 1) * 2 * b
     return Resources(0, n.out_nonzero * per, n.out_nonzero * b, 0, 1 + ceil_log2(n.pool) // 2, 1)
 
 
-@other_model("avgpool2d")
+@other_model("avgpool2d", "avgpool1d")
 def _avgpool(n: NodeCounts) -> Resources:
     b = n.out_format.bits
     return Resources(0, n.out_nonzero * (n.pool - 1) * b, n.out_nonzero * b, 0, 1 + ceil_log2(n.pool) // 2, 1)

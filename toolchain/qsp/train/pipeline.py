@@ -318,7 +318,7 @@ def _footprint_metrics(bundle, metrics) -> dict:
          "performance_density": performance_density(m, fp),
          "layers": [{"name": n.name, "op": n.op, "weight_bits": n.weight.bits, "weights": l.elements,
                      "nonzeros": l.nonzeros, "weight_sparsity": n.weight_sparsity}
-                    for n, l in zip([n for n in bundle.graph if n.op in ("linear", "conv2d")], fp.layers)],
+                    for n, l in zip([n for n in bundle.graph if n.op in ("linear", "conv2d", "conv1d")], fp.layers)],
          "activation_points": [{"name": p.name, "bits": p.bits, "elements": p.elements, "nonzeros": p.nonzeros}
                                for p in fp.points]}
     fl = metrics.get("float")
