@@ -147,7 +147,7 @@ def summary(model: nn.Module) -> dict:
 
 
 #: bundle ops through which a quantized value keeps its format on the way to a weight node
-_SAME_FORMAT_OPS = {"flatten", "maxpool2d", "mask"}
+_SAME_FORMAT_OPS = {"flatten", "maxpool2d", "maxpool1d", "mask"}
 
 
 def bundle_bops(bundle, fp32_macs: int | None = None) -> dict:
