@@ -88,7 +88,7 @@ def test_every_shipped_board_has_energy_or_says_why():
     assert (f.missing or "FPGA model: static + dynamic") in text
 
 
-def test_text_json_and_report_carry_both_labels(tmp_path, mlp_bundle):
+def test_text_json_and_report_carry_both_labels(tmp_path, mlp_bundle, capsys):
     from qsp.estimate.cli import main
     (tmp_path / "b").mkdir()
     board = _own_board(tmp_path / "b")
@@ -98,6 +98,14 @@ def test_text_json_and_report_carry_both_labels(tmp_path, mlp_bundle):
     d = json.loads((tmp_path / "o" / "estimate.json").read_text())
     f = d["boards"][0]["energy_fpga"]
     assert f["available"] and f["static_w"] == 0.125 and f["energy_latency_pj"] > 0
+    assert "FPGA energy" in capsys.readouterr().out
+    assert main([str(mlp_bundle), "--board", "all"]) == 0  # the shipped boards: no figures, said per board
+    out = capsys.readouterr().out
+    assert "energy per inference, FPGA model" in out
+    from qsp.boards import all_boards
+    lines = {ln.split()[0]: ln for ln in out.split("energy per inference, FPGA model")[1].splitlines()[1:] if ln.startswith("  ")}
+    for b in all_boards():
+        assert f"no power data for {b.family}" in lines[b.name] or " nJ at " in lines[b.name], lines.get(b.name)
 
 
 @pytest.mark.parametrize("edit, words", [
