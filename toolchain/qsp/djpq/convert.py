@@ -33,11 +33,11 @@ from .. import fixedpoint as fp
 from ..errors import ConfigError, UnsupportedLayerError
 from ..nn.capture import (ADD_FUNCS, CAT_FUNCS, capture, drop_node, fresh_name, graph_changed, join_nodes,
                           modules_in_order, put_module, weight_bn_pairs)
-from .graph import analyze, is_quantizer, module_of, tensor_users, unit_kind
+from .graph import analyze, is_max_pool, is_quantizer, module_of, tensor_users, unit_kind
 from .layers import DJPQLayer
 from .quant import LearnedQuantizer
 
-WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 @dataclass(frozen=True)
@@ -167,8 +167,7 @@ def _unquantized_inputs(gm: fx.GraphModule) -> list:
             m = module_of(gm, a)
             if m is not None and is_quantizer(m):
                 break
-            if unit_kind(gm, a) in ("same", "flatten") or isinstance(m, nn.MaxPool2d) or \
-                    a.target is torch.nn.functional.max_pool2d:
+            if unit_kind(gm, a) in ("same", "flatten") or is_max_pool(m, a):
                 a = a.args[0]
                 continue
             if a not in out:
@@ -199,7 +198,7 @@ def convert(model: nn.Module, input_shape=None, cfg: DJPQConfig | None = None, *
     uses = Counter(n.target for n, _ in calls)
     weights = [(n.target, m) for n, m in calls if isinstance(m, WEIGHT_LAYERS)]
     if not weights:
-        raise ConfigError("djpq: the model has no Linear/Conv2d layer to quantize")
+        raise ConfigError("djpq: the model has no Linear/Conv1d/Conv2d layer to quantize")
     for name, _ in weights:
         if uses[name] > 1:
             raise UnsupportedLayerError(f"layer {name!r} is called {uses[name]} times: DJPQ needs one call per "

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..bundle import Conv2dNode, LinearNode, ModelRef, QuantNode, TaskInfo, WeightFormat
+from ..bundle import Conv1dNode, Conv2dNode, LinearNode, ModelRef, QuantNode, TaskInfo, WeightFormat
 from ..bundle.export import exporter, make_bundle
 from ..bundle.io import Bundle
 from ..errors import BundleError
@@ -38,9 +38,14 @@ def _djpq_layer(ctx, path, m: DJPQLayer, in_shape, out_shape):
         node = LinearNode(name=ctx.name("dense"), in_features=layer.in_features,
                           out_features=layer.out_features, **common)
     else:
-        if _pair(layer.dilation) != [1, 1] or isinstance(layer.padding, str) or layer.padding_mode != "zeros":
-            raise BundleError(f"layer {path!r} (Conv2d): dilation, string padding and non-zero padding modes "
-                              "are not supported by the bundle")
+        if any(d != 1 for d in layer.dilation) or isinstance(layer.padding, str) or layer.padding_mode != "zeros":
+            raise BundleError(f"layer {path!r} ({type(layer).__name__}): dilation, string padding and non-zero "
+                              "padding modes are not supported by the bundle")
+    if isinstance(layer, nn.Conv1d):
+        node = Conv1dNode(name=ctx.name("conv"), in_channels=layer.in_channels, out_channels=layer.out_channels,
+                          kernel_size=list(layer.kernel_size), stride=list(layer.stride),
+                          padding=list(layer.padding), groups=1, **common)
+    elif isinstance(layer, nn.Conv2d):
         node = Conv2dNode(name=ctx.name("conv"), in_channels=layer.in_channels, out_channels=layer.out_channels,
                           kernel_size=_pair(layer.kernel_size), stride=_pair(layer.stride),
                           padding=_pair(layer.padding), groups=int(layer.groups), **common)

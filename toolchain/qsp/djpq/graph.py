@@ -63,6 +63,14 @@ def _zero_preserving_act(m) -> bool:
     return False
 
 
+MAX_POOL_FUNCS = (F.max_pool2d, F.max_pool1d)
+
+
+def is_max_pool(m, node: fx.Node) -> bool:
+    """A MaxPool1d/2d module or F.max_pool1d/2d call (the value keeps its format)."""
+    return isinstance(m, (nn.MaxPool2d, nn.MaxPool1d)) or node.target in MAX_POOL_FUNCS
+
+
 def unit_kind(root: nn.Module, node: fx.Node) -> str | None:
     """``"unit"`` (channel c stays channel c, 0 stays 0), ``"flatten"``, ``"same"`` (the
     identity) or None (anything else)."""
@@ -74,7 +82,7 @@ def unit_kind(root: nn.Module, node: fx.Node) -> str | None:
             return "same"
         if isinstance(m, nn.Flatten):
             return "flatten"
-        if isinstance(m, (LearnedQuantizer, nn.MaxPool2d) + POOL_MODULES) or _zero_preserving_act(m):
+        if isinstance(m, (LearnedQuantizer, nn.MaxPool2d, nn.MaxPool1d) + POOL_MODULES) or _zero_preserving_act(m):
             return "unit"
         if isinstance(m, nn.Sequential) and all(_zero_preserving_act(c) or isinstance(c, LearnedQuantizer)
                                                 for c in m):
@@ -86,7 +94,7 @@ def unit_kind(root: nn.Module, node: fx.Node) -> str | None:
             return "same"
         if t in FLATTEN_CALLS:
             return "flatten"
-        if t in POOL_FUNCS or t in (F.max_pool2d, F.avg_pool2d):
+        if t in POOL_FUNCS or t in MAX_POOL_FUNCS or t in (F.avg_pool2d, F.avg_pool1d):
             return "unit"
     return None
 
@@ -125,7 +133,7 @@ def feeding_quantizer(root: nn.Module, node: fx.Node) -> str | None:
         if m is not None and is_quantizer(m):
             return a.target + (".quant" if isinstance(m, nn.Sequential) else "")
         kind = unit_kind(root, a)
-        maxpool = isinstance(m, nn.MaxPool2d) or a.target is F.max_pool2d
+        maxpool = is_max_pool(m, a)
         if kind in ("same", "flatten") or maxpool:
             a = a.args[0] if a.args else None
             continue

@@ -57,13 +57,16 @@ class DJPQLayer(nn.Module):
                  gate_kw: dict | None = None, quant_kw: dict | None = None, name: str = "",
                  bn: nn.Module | None = None):
         super().__init__()
+        if isinstance(layer, nn.Conv1d) and layer.groups != 1:
+            raise UnsupportedLayerError(f"layer {name!r} (Conv1d): groups={layer.groups} is not supported (the "
+                                        "bundle's conv1d has groups 1)")
         if isinstance(layer, nn.Conv2d):
             if gate and layer.groups != 1:
                 raise UnsupportedLayerError(f"layer {name!r} (Conv2d): a grouped/depthwise conv cannot carry "
                                             "channel gates (its channels are not independent units)")
-        elif not isinstance(layer, nn.Linear):
+        elif not isinstance(layer, (nn.Linear, nn.Conv1d)):
             raise UnsupportedLayerError(f"layer {name!r}: {type(layer).__name__} is not supported by DJPQ "
-                                        "(supported: Linear, Conv2d incl. depthwise/grouped)")
+                                        "(supported: Linear, Conv1d, Conv2d incl. depthwise/grouped)")
         if bn is not None:
             if not isinstance(bn, BN_TYPES) or not bn.track_running_stats or bn.running_mean is None:
                 raise UnsupportedLayerError(f"layer {name!r}: the BatchNorm folded into it needs "
@@ -211,6 +214,6 @@ class DJPQLayer(nn.Module):
         """Dense MACs per input, from the output's shape (first forward pass); a grouped
         conv's weight holds ``in/groups`` inputs per output, so its MACs are the real ones."""
         w = self.layer.weight
-        positions = 1 if isinstance(self.layer, nn.Linear) else int(y.shape[-2] * y.shape[-1])
+        positions = 1 if isinstance(self.layer, nn.Linear) else math.prod(int(d) for d in y.shape[2:])
         self.macs.fill_(int(w.numel()) * positions)
         self._macs_known = True

@@ -43,10 +43,11 @@ class TrainConfig:
     """One ``qsp-train`` run. Field docs are in ``metadata['help']`` (shown by --help)."""
 
     # ---------------------------------------------------------------- what
-    task: str = _f("digits", "dataset/task: digits, fashion-mnist, super-resolution, or custom "
+    task: str = _f("digits", "dataset/task: digits, digits-rows, fashion-mnist, super-resolution, or custom "
                    "(your own .npz or IDX files via data_dir)")
-    model: str | None = _f(None, "model: mlp, lenet, espcn, resnet8, mobilenet_v2_tiny, ds_cnn, or package.module:factory "
-                           "(default: mlp for digits/custom, lenet for fashion-mnist, espcn for super-resolution)")
+    model: str | None = _f(None, "model: mlp, lenet, espcn, resnet8, mobilenet_v2_tiny, ds_cnn, kws_cnn1d, or "
+                           "package.module:factory (default: mlp for digits/custom, kws_cnn1d for digits-rows, "
+                           "lenet for fashion-mnist, espcn for super-resolution)")
     model_kwargs: dict = _f({}, "keyword arguments for the model factory (YAML mapping; on the command "
                             "line a YAML/JSON string such as '{hidden: [32, 16]}')")
     method: str = _f("qsparse", "training method: qsparse (joint pruning + quantization, the paper) or any "

@@ -1,7 +1,9 @@
 """Tasks and their data, all offline.
 
 * ``digits``: scikit-learn's bundled 8x8 digits (1,797 images) as ``[1, 8, 8]`` in [0, 1];
-  a stratified 20 % test split drawn with the seed.
+  a stratified 20 % test split drawn with the seed. ``digits-rows``: the same split as
+  sequences ``[8, 8]`` (channels = pixel columns, length = rows), a stand-in for 1-D signal
+  tasks such as keyword spotting (no audio ships offline); default model ``kws_cnn1d``.
 * ``fashion-mnist``: the standard IDX ``.gz`` files, from ``data_dir`` or the Debian
   package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), ``[1, 28, 28]``.
 * ``super-resolution``: ESPCN x3 on luma patches of scikit-image's bundled photos; the
@@ -129,6 +131,19 @@ def load_digits(cfg) -> DataSplits:
     tr, te = stratified_split(y, 0.2, cfg.seed)
     return _with_val(x[tr], y[tr], x[te], y[te], cfg.val_fraction, cfg.seed,
                      info={"source": "sklearn.datasets.load_digits", "num_classes": 10})
+
+
+@task("digits-rows", "classification", "accuracy", "cross_entropy",
+      TaskDefaults(model="kws_cnn1d", epochs=40, batch_size=32, lr=3e-3, float_baseline=True, threads=1))
+def load_digits_rows(cfg) -> DataSplits:
+    """The digits as sequences ``[C=8, L=8]`` (pixel column x row: the image read top to
+    bottom, one 8-value frame per row): a stand-in for a 1-D signal task (keyword spotting,
+    sensors), since no audio data ships offline."""
+    d = load_digits(cfg)
+    for k in ("x_train", "x_val", "x_test"):
+        setattr(d, k, np.ascontiguousarray(getattr(d, k)[:, 0].transpose(0, 2, 1)))
+    d.info = {**d.info, "layout": "[C=8 columns, L=8 rows]"}
+    return d
 
 
 # ============================================================================ IDX

@@ -2,7 +2,8 @@
 (plain ``nn.Sequential``) and the networks FPGA/edge users deploy, written as ordinary
 ``nn.Module`` subclasses with functional calls (the bundle exporter traces them with
 torch.fx): ``resnet8`` (MLPerf Tiny image classification), ``mobilenet_v2_tiny`` (inverted
-residual blocks) and ``ds_cnn`` (depthwise-separable CNN, MLPerf Tiny keyword spotting).
+residual blocks), ``ds_cnn`` (depthwise-separable CNN, MLPerf Tiny keyword spotting) and
+``kws_cnn1d`` (a 1-D CNN on ``[C, L]`` sequences).
 
 Every factory takes only keyword arguments that fully determine the architecture, so a
 bundle rebuilds the module from ``factory path + kwargs + state_dict`` without pickle.
@@ -237,6 +238,42 @@ class DSCNN(nn.Module):
 @model("ds_cnn", _image_defaults((32, 32, 32, 32, 32)))
 def ds_cnn(in_channels: int = 1, num_classes: int = 10, channels: Sequence[int] = (32, 32, 32, 32, 32)) -> nn.Module:
     return DSCNN(in_channels, num_classes, channels)
+
+
+# ============================================================================ 1-D
+class KwsCnn1d(nn.Module):
+    """Small 1-D CNN of keyword-spotting / sensor / jet-constituent style on ``[C, L]``
+    sequences: blocks of Conv1d (k=3, padding 1) + BatchNorm1d + ReLU, a MaxPool1d(2) after
+    every block but the last, the mean over the length, a dense classifier."""
+
+    def __init__(self, in_channels=8, num_classes=10, channels=(16, 16)):
+        super().__init__()
+        cs = [int(c) for c in channels]
+        layers: list[nn.Module] = []
+        prev = int(in_channels)
+        for i, c in enumerate(cs):
+            layers += [nn.Conv1d(prev, c, 3, padding=1, bias=False), nn.BatchNorm1d(c), nn.ReLU()]
+            if i < len(cs) - 1:
+                layers.append(nn.MaxPool1d(2))
+            prev = c
+        self.body = nn.Sequential(*layers)
+        self.fc = nn.Linear(prev, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.body(x).mean(-1))
+
+
+def _seq_defaults(input_shape, info):
+    if len(input_shape) != 2:
+        raise ConfigError(f"model: needs sequence inputs [C, L], the task gives {list(input_shape)} "
+                          "(task digits-rows gives [8, 8])")
+    return {"in_channels": int(input_shape[0]), "num_classes": int(info.get("num_classes", 10)),
+            "channels": [16, 16]}
+
+
+@model("kws_cnn1d", _seq_defaults)
+def kws_cnn1d(in_channels: int = 8, num_classes: int = 10, channels: Sequence[int] = (16, 16)) -> nn.Module:
+    return KwsCnn1d(in_channels, num_classes, channels)
 
 
 # ============================================================================ lookup
