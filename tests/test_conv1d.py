@@ -196,3 +196,21 @@ def test_djpq_kws_cnn1d_exports_bit_exact():
     assert [n.out_channels for n in convs] == [3, 4]  # pruned channels removed
     with torch.no_grad():
         assert np.array_equal(emulate(b, x.numpy()), m(x).double().numpy())
+
+
+def test_driver_turns_a_1d_output_back_to_channels_first():
+    """A 1-D model's [C, L] output leaves hls4ml channels-last ([L, C]); the deploy driver
+    turns it back (a flat reshape would scramble it)."""
+    import importlib.util
+
+    from qsp.resources import data_file
+
+    spec = importlib.util.spec_from_file_location("qsp_driver", data_file("deploy", "pynq", "qsp_driver.py"))
+    drv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(drv)
+    f = FixedFormat(8, 0).to_dict()
+    d = drv.QspDesign({"input_format": f, "output_format": f, "input_shape": [2, 3], "output_shape": [2, 3],
+                       "channels_last": True})
+    y = np.arange(6.0).reshape(1, 2, 3)  # [C, L]
+    words = d.out.pack(y.transpose(0, 2, 1).reshape(1, -1))  # what the design streams: [L, C]
+    assert np.array_equal(d.from_stream(words), y)

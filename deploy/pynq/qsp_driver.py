@@ -135,6 +135,9 @@ class QspDesign:
         if self.channels_last and len(self.output_shape) == 3:
             c, h, w = self.output_shape
             return y.reshape(-1, h, w, c).transpose(0, 3, 1, 2)
+        if self.channels_last and len(self.output_shape) == 2:  # [C, L] of a 1-D model: hls4ml gives [L, C]
+            c, n = self.output_shape
+            return y.reshape(-1, n, c).transpose(0, 2, 1)
         return y.reshape((-1,) + self.output_shape)
 
 

@@ -139,7 +139,7 @@ def assemble(bundle, board: str | None, out_dir, project, interface: str | None 
         "output_format": f["output_format"].to_dict(), "input_ap_type": f["input_format"].ap_type(),
         "output_ap_type": f["output_format"].ap_type_plain(),
         "input_shape": in_shape, "output_shape": list(spec.graph[-1].out_shape),
-        "channels_last": len(in_shape) == 3,
+        "channels_last": len(in_shape) >= 2,  # [C, H, W] or a 1-D model's [C, L]
         "bundle": str(bundle.path) if bundle.path else None, "bundle_sha256": rec["bundle_sha256"],
         "project": f["project_dir"], "tb_data": tb_info,
         "task": asdict(spec.task), "metrics": spec.metrics,
