@@ -114,6 +114,80 @@ def test_uhlich_gradients():
     assert float(q.raw_log_qmax.grad) == pytest.approx(0.0, abs=1e-6)
 
 
+def _uhlich_composition(q, x):
+    """Uhlich et al.'s quantizer gradients as the plain autograd composition (what
+    LearnedQuantizer computed before its single autograd node): the reference."""
+    fmt = q.format()
+    exact = fp.quantize_torch(x, fmt.bits, fmt.frac, fmt.signed, fmt.rounding)
+    l2 = q.log2_step()
+    d = torch.exp2(l2 + (torch.round(l2) - l2).detach())
+    b = q.bits_unclamped()
+    bs = b + (float(fmt.bits) - b).detach()
+    p = torch.exp2(bs - 1) if fmt.signed else torch.exp2(bs)
+    hi = (p - 1) * d
+    lo = -p * d if fmt.signed else torch.zeros_like(hi)
+    u = torch.minimum(torch.maximum(x, lo), hi) / d
+    sur = d * (u + (torch.round(u) - u).detach())
+    return exact.detach() + (sur - sur.detach())
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("bits", [2, 5, 8])
+def test_fused_quantizer_gradients_equal_the_composition(signed, bits):
+    """One autograd node, the same forward bit for bit and the same gradients (x exactly;
+    the step and range to float rounding), ties at both clipping bounds included."""
+    torch.manual_seed(bits)
+    q = LearnedQuantizer(signed, init_bits=bits)
+    q.train()
+    q(torch.randn(64) * 3)  # initialises the range from data
+    fmt = q.format()
+    step = 2.0 ** -fmt.frac
+    hi = (2 ** (fmt.bits - 1) - 1 if signed else 2 ** fmt.bits - 1) * step
+    lo = -(2 ** (fmt.bits - 1)) * step if signed else 0.0
+    x0 = torch.cat([torch.randn(300) * 3, torch.tensor([hi, lo, 3 * hi + 1, lo - 1, 0.0])])
+    g = torch.randn_like(x0)
+    got = []
+    for fn in (q, lambda x: _uhlich_composition(q, x)):
+        q.zero_grad()
+        x = x0.clone().requires_grad_(True)
+        y = fn(x)
+        (y * g).sum().backward()
+        got.append((y.detach(), x.grad, q.raw_log_d.grad.clone(), q.raw_log_qmax.grad.clone()))
+    (y1, gx1, gd1, gq1), (y2, gx2, gd2, gq2) = got
+    assert torch.equal(y1, y2) and torch.equal(gx1, gx2)
+    assert float(gd1) == pytest.approx(float(gd2), rel=1e-4, abs=1e-5)  # float32 sums in another order
+    assert float(gq1) == pytest.approx(float(gq2), rel=1e-4, abs=1e-5)
+    assert ((gx1 == 0.5 * g) | (gx1 == 0) | (gx1 == g)).all() and (gx1 == 0.5 * g).sum() >= 2  # the planted ties
+
+
+def test_training_objective_reads_the_device_once_per_step():
+    """The BOPs objective's per-layer report is skipped in training: one host read (the
+    controller's ratio), not one per layer and channel."""
+    from qsp.djpq.bops import DJPQObjective
+
+    x, _ = _data(n=16, seed=1)
+    model = djpq.convert(_cnn(), [1, 8, 8], DJPQConfig())
+    model.train()
+    model(x)
+    obj = DJPQObjective(DJPQConfig(bops_target=0.05))
+    reads = [0]
+    orig_item, orig_tolist = torch.Tensor.item, torch.Tensor.tolist
+
+    def count(fn):
+        def wrapped(self, *a, **k):
+            reads[0] += 1
+            return fn(self, *a, **k)
+        return wrapped
+
+    obj(model)  # the first call reads lambda from the model once
+    torch.Tensor.item, torch.Tensor.tolist = count(orig_item), count(orig_tolist)
+    try:
+        obj(model)
+    finally:
+        torch.Tensor.item, torch.Tensor.tolist = orig_item, orig_tolist
+    assert reads[0] == 1
+
+
 def test_pow2_restriction_yields_only_allowed_bitwidths():
     torch.manual_seed(0)
     seen = set()
@@ -365,8 +439,10 @@ def test_removal_through_masks_on_a_qsparse_bundle():
 def test_djpq_layer_rejects_unsupported():
     from qsp.errors import UnsupportedLayerError
 
-    with pytest.raises(UnsupportedLayerError, match="Conv1d"):
-        DJPQLayer(nn.Conv1d(1, 2, 3))
+    with pytest.raises(UnsupportedLayerError, match="Conv3d is not supported"):
+        DJPQLayer(nn.Conv3d(1, 2, 3))
+    with pytest.raises(UnsupportedLayerError, match="groups=2"):
+        DJPQLayer(nn.Conv1d(2, 4, 3, groups=2))
     with pytest.raises(Exception, match="bops_target"):
         DJPQConfig(bops_target=2.0)
 

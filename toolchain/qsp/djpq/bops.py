@@ -53,14 +53,22 @@ def _f(v) -> float:
     return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
 
 
-def model_bops(model: nn.Module, hard: bool = False):
+def _to_host(*vals) -> list[float]:
+    """Floats of scalar tensors (one device read for all of them) and numbers."""
+    ts = [v.detach().double().reshape(()) for v in vals if isinstance(v, torch.Tensor)]
+    host = iter(torch.stack(ts).tolist() if ts else [])
+    return [next(host) if isinstance(v, torch.Tensor) else float(v) for v in vals]
+
+
+def model_bops(model: nn.Module, hard: bool = False, rows: bool = True):
     """(total BOPs, [LayerBops]) of a DJPQ model. The total is a tensor (differentiable)
-    when ``hard`` is False, a float otherwise."""
+    when ``hard`` is False, a float otherwise. ``rows=False`` (the training objective, every
+    step) skips the per-layer report and with it every read from the device."""
     total = 0.0
-    rows = []
+    out = []
     for e in layer_chain(model):
         L = e.layer
-        macs = int(L.macs)
+        macs = L.mac_count()
         if macs <= 0:
             raise QspError(f"layer {e.name!r}: MACs not recorded (build the model with qsp.djpq.convert)")
         if hard:
@@ -75,13 +83,14 @@ def model_bops(model: nn.Module, hard: bool = False):
             r_out = L.gate.keep_prob().mean() if L.gate is not None else 1.0
         b = macs * bw * ba * r_in * r_out
         total = total + b
-        rows.append(LayerBops(e.name, macs, _f(bw), _f(ba), _f(r_in), _f(r_out), _f(b),
-                              len(L.kept()), L.out_channels))
-    return total, rows
+        if rows:
+            out.append(LayerBops(e.name, macs, _f(bw), _f(ba), _f(r_in), _f(r_out), _f(b),
+                                 len(L.kept()), L.out_channels))
+    return total, out
 
 
 def fp32_bops(model: nn.Module) -> int:
-    return sum(int(e.layer.macs) for e in layer_chain(model)) * FP32_BITS * FP32_BITS
+    return sum(e.layer.mac_count() for e in layer_chain(model)) * FP32_BITS * FP32_BITS
 
 
 def kl_term(model: nn.Module) -> torch.Tensor | float:
@@ -123,18 +132,24 @@ class DJPQObjective:
 
     def __call__(self, model: nn.Module, update: bool = True) -> torch.Tensor:
         state = getattr(model, LAMBDA_BUFFER, None)  # lambda lives in the model's state_dict
-        if state is not None and float(state) > 0:
-            self.controller.lam = float(state)
-        bops, _ = model_bops(model, hard=False)
+        if state is not None and self._synced is not state:  # read once (a resumed run's lambda), then written
+            if float(state) > 0:
+                self.controller.lam = float(state)
+            self._synced = state
+        bops, _ = model_bops(model, hard=False, rows=False)
         ratio = bops / fp32_bops(model)
         kl = kl_term(model)
         loss = self.cfg.kl_weight * kl + self.controller.lam * ratio
-        self.last = {"bops_ratio": _f(ratio), "kl": _f(kl), "lambda_bops": self.controller.lam}
+        # one read from the device per step: the controller needs the ratio on the host
+        r, k = _to_host(ratio, kl)
+        self.last = {"bops_ratio": r, "kl": k, "lambda_bops": self.controller.lam}
         if update:
-            self.controller.update(_f(ratio))
+            self.controller.update(r)
             if state is not None:
                 state.fill_(self.controller.lam)
         return loss
+
+    _synced = None
 
 
 def summary(model: nn.Module) -> dict:

@@ -209,6 +209,20 @@ class DJPQLayer(nn.Module):
         bn.running_var.mul_(1 - mom).add_(var, alpha=mom)
 
     _macs_known = False
+    _macs_py: int | None = None
+
+    def mac_count(self) -> int:
+        """Dense MACs per input as a Python int (the buffer read once, not every step)."""
+        if self._macs_py is None:
+            v = int(self.macs)
+            if v <= 0:
+                return v  # not recorded yet: read again next time
+            self._macs_py = v
+        return self._macs_py
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._macs_py = None
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def record_macs(self, y: torch.Tensor) -> None:
         """Dense MACs per input, from the output's shape (first forward pass); a grouped
@@ -217,3 +231,4 @@ class DJPQLayer(nn.Module):
         positions = 1 if isinstance(self.layer, nn.Linear) else math.prod(int(d) for d in y.shape[2:])
         self.macs.fill_(int(w.numel()) * positions)
         self._macs_known = True
+        self._macs_py = int(w.numel()) * positions

@@ -59,6 +59,43 @@ def signed_bits(q_max, d, signed: bool):
     return b + 1 if signed else b
 
 
+class _LearnedQuant(torch.autograd.Function):
+    """The quantizer's forward (``exact``, the format's quantization) and Uhlich et al.'s
+    straight-through gradients in one autograd node: what the composition
+    ``d * (u + (round(u) - u).detach())`` with ``u = clamp(x, lo, hi) / d``, ``hi`` and ``lo``
+    functions of the bits ``bs`` and the step ``d``, gives (torch.maximum/minimum's
+    half-and-half split at ties included), without its ~25 tensor-sized kernels per call."""
+
+    @staticmethod
+    def forward(ctx, x, d, bs, bits: int, frac: int, signed: bool, rounding: str):
+        exact = fp.quantize_torch(x, bits, frac, signed, rounding)
+        ctx.save_for_backward(x, d, bs)
+        ctx.signed = signed
+        return exact
+
+    @staticmethod
+    def backward(ctx, g):
+        x, d, bs = ctx.saved_tensors
+        p = torch.exp2(bs - 1) if ctx.signed else torch.exp2(bs)
+        hi = (p - 1) * d
+        lo = -p * d if ctx.signed else torch.zeros_like(hi)
+        below, above = x < lo, x > hi
+        t_lo, t_hi = x == lo, x == hi
+        half = g * 0.5
+        gx = torch.where(below | above, torch.zeros_like(g), torch.where(t_lo | t_hi, half, g))
+        u = torch.minimum(torch.maximum(x, lo), hi) / d
+        g_d_direct = (g * (torch.round(u) - u)).sum()
+        g_lo = torch.where(below, g, torch.where(t_lo, half, torch.zeros_like(g))).sum()
+        g_hi = torch.where(above, g, torch.where(t_hi, half, torch.zeros_like(g))).sum()
+        if ctx.signed:  # hi = (2^(b-1) - 1) d, lo = -2^(b-1) d
+            g_d = g_d_direct + g_hi * (p - 1) - g_lo * p
+            g_bs = (g_hi - g_lo) * p * LN2 * d
+        else:  # hi = (2^b - 1) d, lo = 0
+            g_d = g_d_direct + g_hi * (p - 1)
+            g_bs = g_hi * p * LN2 * d
+        return gx, g_d.reshape(d.shape), g_bs.reshape(bs.shape), None, None, None, None
+
+
 def snap_pow2_bits(b: float, allowed=POW2_BITS) -> int:
     """The allowed bitwidth nearest to ``b`` in the log domain (ties to the larger)."""
     lb = math.log2(max(b, 1e-9))
@@ -100,9 +137,26 @@ class LearnedQuantizer(ScaledParams):
         self.raw_log_qmax = nn.Parameter(torch.tensor(0.0))
         self.register_buffer("_signed", torch.tensor(-1 if signed is None else int(bool(signed)), dtype=torch.int8))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._flags_cache: tuple[int, bool] | None = None  # (_signed, initialized) read once, not per call
+
+    def _flags(self) -> tuple[int, bool]:
+        """The sign and init buffers as Python values, read from the device once (a read
+        is a host-device synchronisation); re-read after init_from, a state_dict load or
+        a train/eval switch."""
+        if self._flags_cache is None:
+            self._flags_cache = (int(self._signed), bool(self.initialized))
+        return self._flags_cache
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._flags_cache = None
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def train(self, mode: bool = True):
+        self._flags_cache = None
+        return super().train(mode)
 
     def extra_repr(self):
-        s = {-1: "auto", 0: False, 1: True}[int(self._signed)]
+        s = {-1: "auto", 0: False, 1: True}[self._flags()[0]]
         return f"signed={s}, init_bits={self.init_bits}, bits=[{self.min_bits},{self.max_bits}], pow2={self.pow2}"
 
     # ------------------------------------------------------------------ parameters
@@ -119,13 +173,14 @@ class LearnedQuantizer(ScaledParams):
     # ------------------------------------------------------------------ init
     @property
     def signed(self) -> bool:
-        return int(self._signed) != 0  # unknown counts as signed until data is seen
+        return self._flags()[0] != 0  # unknown counts as signed until data is seen
 
     @torch.no_grad()
     def init_from(self, x: torch.Tensor, sharded: bool = False) -> None:
         """Set ``q_max`` to the data's (quantile of) magnitude and ``d`` so that the
         bitwidth is ``init_bits``. ``sharded``: ``x`` is this rank's share of a batch (under
         torchrun the statistics are then those of the whole batch, on every rank)."""
+        self._flags_cache = None
         x = x.detach().float()
         if int(self._signed) == -1:
             neg = (x < 0).any().reshape(1).float()
@@ -148,6 +203,7 @@ class LearnedQuantizer(ScaledParams):
         self.raw_log_d.fill_(math.log(d) / float(self.param_scale))
         self.raw_log_qmax.fill_(math.log(q) / float(self.param_scale))
         self.initialized.fill_(True)
+        self._flags_cache = None
 
     # ------------------------------------------------------------------ bits and formats
     def log2_step(self) -> torch.Tensor:
@@ -186,29 +242,21 @@ class LearnedQuantizer(ScaledParams):
         return b
 
     def format(self) -> fp.FixedFormat:
-        """The fixed-point format this quantizer computes with (and exports)."""
-        return fp.FixedFormat(self.bits(), self.frac(), self.signed, self.rounding)
+        """The fixed-point format this quantizer computes with (and exports): :meth:`bits`
+        and :meth:`frac` from one read of the device."""
+        l2, b = torch.stack([self.log2_step().detach(), self.bits_continuous().detach()]).tolist()
+        return fp.FixedFormat(self._snap(b), -int(round(l2)), self.signed, self.rounding)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and not bool(self.initialized):
+        if self.training and not self._flags()[1]:
             self.init_from(x, sharded=True)
         fmt = self.format()
-        exact = fp.quantize_torch(x, fmt.bits, fmt.frac, fmt.signed, fmt.rounding)
         if not torch.is_grad_enabled() or not (x.requires_grad or self.raw_log_d.requires_grad):
-            return exact
-        # surrogate with Uhlich's gradients (see the module docstring)
+            return fp.quantize_torch(x, fmt.bits, fmt.frac, fmt.signed, fmt.rounding)
+        # Uhlich's gradients (see the module docstring) in one autograd node
         l2 = self.log2_step()
         d = torch.exp2(ste(torch.round(l2.detach()), l2))
         b = self.bits_unclamped()  # unclamped: the task can pull a clamped range back
         bs = ste(torch.tensor(float(fmt.bits), device=x.device), b)
-        if self.signed:
-            hi = (torch.exp2(bs - 1) - 1) * d
-            lo = -torch.exp2(bs - 1) * d
-        else:
-            hi = (torch.exp2(bs) - 1) * d
-            lo = torch.zeros_like(hi)
-        xc = torch.minimum(torch.maximum(x, lo), hi)
-        u = xc / d
-        sur = d * (u + (torch.round(u) - u).detach())
-        return ste(exact, sur)
+        return _LearnedQuant.apply(x, d, bs, fmt.bits, fmt.frac, fmt.signed, fmt.rounding)
