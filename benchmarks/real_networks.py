@@ -45,7 +45,7 @@ def train(a) -> int:
     from qsp.train import TrainConfig
     from qsp.train.pipeline import run
 
-    out = Path(a.out) / f"{a.model}_{a.method}"
+    out = Path(a.out) / f"{a.model}_{a.method}{a.tag}"
     kw = dict(task="fashion-mnist", model=a.model, method=a.method, epochs=a.epochs, device=a.device,
               seed=a.seed, out=str(out), data_dir=a.data_dir, max_test=a.max_test, progress=False,
               float_baseline=True)
@@ -53,6 +53,10 @@ def train(a) -> int:
         kw.update(weight_bits=8, act_bits=8, weight_sparsity=0.5, act_sparsity=0.5, order="prune-then-quantize")
     else:
         kw.update(djpq={"bops_target": a.bops_target})
+    if a.init:
+        kw.update(init=a.init, init_epochs=a.init_epochs)
+    if a.lr:
+        kw["lr"] = a.lr
     if a.batch_size:
         kw["batch_size"] = a.batch_size
     if a.train_limit:
@@ -62,6 +66,7 @@ def train(a) -> int:
     rep = run(cfg)
     m = rep.metrics
     res = {"model": a.model, "method": a.method, "epochs": a.epochs, "seed": a.seed,
+           "init": a.init, "float_epochs": m["float"].get("epochs", None if a.init else a.epochs),
            "accuracy": m["test_metric"], "float_accuracy": m["float"]["test_metric"],
            "delta_points": m["test_metric"] - m["float"]["test_metric"],
            "performance_density": m["performance_density"],
@@ -73,7 +78,7 @@ def train(a) -> int:
     dj = b.get("extra", {}).get("djpq")
     if dj:
         res.update(bops=dj["bops"], bops_fp32=dj["bops_fp32"], bops_reduction=dj["bops_fp32"] / max(dj["bops"], 1))
-    Path(a.out, f"{a.model}_{a.method}.json").write_text(json.dumps(res, indent=1))
+    Path(a.out, f"{a.model}_{a.method}{a.tag}.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res))
     return 0
 
@@ -136,32 +141,33 @@ def summary(a) -> int:
     if not any(runs.glob("*_*.json")) and any(runs.parent.glob("*_*.json")):
         runs = runs.parent
     rows = []
-    for m in MODELS:
-        for meth in METHODS:
-            f = runs / f"{m}_{meth}.json"
-            if not f.exists():
-                continue
-            r = json.loads(f.read_text())
-            hwf = runs / f"{m}_{meth}_hw.json"
-            if hwf.exists():
-                r["hw"] = json.loads(hwf.read_text())
-            bf = runs / f"{m}_{meth}_boards.json"
-            if bf.exists():
-                r["fits"] = json.loads(bf.read_text())["fits"]
-            rows.append(r)
+    names = [f.stem for f in runs.glob("*_*.json") if not f.stem.endswith(("_hw", "_boards")) and f.stem != "summary"]
+    key = {f"{m}_{meth}": (i, j) for i, m in enumerate(MODELS) for j, meth in enumerate(METHODS)}
+    for name in sorted(names, key=lambda n: (min((v for k, v in key.items() if n.startswith(k)), default=(9, 9)), n)):
+        r = json.loads((runs / f"{name}.json").read_text())
+        r["run"] = name
+        hwf = runs / f"{name}_hw.json"
+        if hwf.exists():
+            r["hw"] = json.loads(hwf.read_text())
+        bf = runs / f"{name}_boards.json"
+        if bf.exists():
+            r["fits"] = json.loads(bf.read_text())["fits"]
+        rows.append(r)
     (runs / "summary.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| model | method | epochs | float acc % | acc % | delta | PD vs float | BOPs vs FP32 | csim mismatches / outputs "
-             "(2,000 inputs) | pynq-z2 | fits (qsp-estimate) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | model | method | start | epochs | float acc % | acc % | delta | PD vs float | BOPs vs FP32 | "
+             "csim mismatches / outputs (2,000 inputs) | pynq-z2 | fits (qsp-estimate) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         v = (r.get("hw") or {}).get("verify") or {}
         p = v.get("paths", {}).get("csim_testbench", {})
-        lines.append(f"| {r['model']} | {r['method']} | {r['epochs']} | {r['float_accuracy']:.2f} | {r['accuracy']:.2f} | "
+        start = "scratch" if not r.get("init") else f"float ({r.get('float_epochs', '?')} ep)"
+        lines.append(f"| {r['run']} | {r['model']} | {r['method']} | {start} | {r['epochs']} | {r['float_accuracy']:.2f} | "
+                     f"{r['accuracy']:.2f} | "
                      f"{r['delta_points']:+.2f} | {r['pd_ratio_vs_float']:.1f}x | "
                      f"{(str(round(r['bops_reduction'], 1)) + 'x') if 'bops_reduction' in r else '-'} | "
                      f"{p.get('mismatches', '-')} / {p.get('compared', '-')} | "
                      f"{((r.get('hw') or {}).get('estimate') or {}).get('verdict', '-')} | "
-                     f"{', '.join(r.get('fits', [])) or 'none'} |")
+                     f"{(', '.join(r['fits']) or 'none') if 'fits' in r else '-'} |")
     (runs / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
@@ -181,6 +187,10 @@ def main(argv=None) -> int:
     t.add_argument("--max-test", type=int, default=2000)
     t.add_argument("--train-limit", type=int, default=None, help="first N training samples (smoke runs)")
     t.add_argument("--bops-target", type=float, default=0.008)
+    t.add_argument("--init", default=None, help="'float': start from the trained float model (config key init)")
+    t.add_argument("--init-epochs", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--tag", default="", help="suffix of the run's directory and JSON name")
     t.add_argument("--out", default="benchmarks/results/real_networks")
     c = sub.add_parser("compile")
     c.add_argument("--runs", default="benchmarks/results/real_networks")
