@@ -196,14 +196,19 @@ def test_sequential_bundles_unchanged():
 
 def test_float64_limit_raises():
     # an add whose codes pass 2**53 cannot be exact in float64: refused, not silently wrong
+    # (formats are at most 32 bits; aligning fractions 0 and 25 gives codes up to 2**56)
     s = [4]
-    nodes = [quant("input_quant", s, 52, 0, True, "floor"),
-             AddNode(name="add", in_shape=s, out_shape=s, inputs=["input_quant"] * 4)]
+
+    def nodes(frac):
+        q2 = quant("fine", s, 32, frac, True, "floor")
+        q2.inputs = ["input"]
+        return [quant("input_quant", s, 32, 0, True, "floor"), q2,
+                AddNode(name="add", in_shape=s, out_shape=s, inputs=["input_quant", "fine"])]
+
     with pytest.raises(QspError, match="'add' .*float64"):
-        build_onnx(make(nodes))
-    nodes[1].inputs = ["input_quant"] * 2  # 2**52: fine, and exact
-    b = make(nodes)
-    x = np.array([[2.0 ** 40, -(2.0 ** 51), 3.0, 2.0 ** 51 - 2 ** 28]], np.float32)
+        build_onnx(make(nodes(25)))
+    b = make(nodes(20))  # codes below 2**52: fine, and exact
+    x = np.array([[2.0 ** 30, -(2.0 ** 31), 3.0 + 2.0 ** -20, 2.0 ** 31 - 2 ** 8]], np.float64).astype(np.float32)
     _check(b, build_onnx(b), x)
 
 

@@ -67,9 +67,19 @@ def _attrs(node) -> dict:
 
 
 def _name(raw: str, used: set) -> str:
+    """A node name every backend keeps as it is: lower-case snake case (torch.fx, whose names
+    hls4ml's PyTorch frontend takes, turns ``MatMul_0`` into ``mat_mul_0``), no Python keyword
+    or builtin (fx renames ``max`` to ``max_1``), unique."""
+    import builtins
+    import keyword
+
     n = re.sub(r"[^A-Za-z0-9_]", "_", raw or "node").strip("_") or "node"
+    n = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", n).lower()
+    n = re.sub(r"_+", "_", n)
     if n[0].isdigit():
         n = "n_" + n
+    if keyword.iskeyword(n) or hasattr(builtins, n):
+        n = n + "_node"
     base, k = n, 1
     while n in used or n == GRAPH_INPUT:
         k += 1
