@@ -410,24 +410,31 @@ def test_leaky_relu_trained_slope_is_the_exported_one():
     assert np.array_equal(emulate(b, x.numpy()), ref)
 
 
-def test_three_input_add_is_refused_by_compile_not_by_emulation():
-    """hls4ml joins two tensors at a time: a 3-input add emulates, but qsp-compile refuses
-    it with the node named (before any hls4ml call)."""
-    from qsp.bundle import AddNode
-    from qsp.compile.deploy import build_deploy_model
-    from qsp.compile.pipeline import prepare
+@pytest.mark.parametrize("io_type", ["io_parallel", "io_stream"])
+def test_joins_of_more_than_two_inputs_compile_bit_exact(io_type, tmp_path):
+    """hls4ml joins two tensors at a time: a 4-input add and a 4-input concat become chains
+    of two-input joins (split_joins), emulate exactly as the original and csim bit-exact."""
+    from qsp.bundle import AddNode, ConcatNode, transforms
+    from qsp.compile.hls4ml_project import CompileOptions
+    from qsp.compile.pipeline import compile_bundle
     from tests.graphs import make, quant
 
     s = [2, 2, 2]
-    nodes = [quant("input_quant", s, 8, 4), quant("q1", s, 6, 2), quant("q2", s, 6, 3),
-             AddNode(name="add1", in_shape=s, out_shape=s, inputs=["input_quant", "q1", "q2"])]
-    nodes[1].inputs = nodes[2].inputs = ["input_quant"]
+    nodes = [quant("input_quant", s, 8, 4), quant("q1", s, 6, 2), quant("q2", s, 6, 3), quant("q3", s, 5, 1),
+             AddNode(name="add1", in_shape=s, out_shape=s, inputs=["input_quant", "q1", "q2", "q3"]),
+             ConcatNode(name="cat1", in_shape=s, out_shape=[8, 2, 2], inputs=["add1", "q1", "q2", "input_quant"])]
+    for n in nodes[1:4]:
+        n.inputs = ["input_quant"]
     b = make(nodes, {})
-    x = np.random.default_rng(0).uniform(-3, 3, (4, 2, 2, 2))
-    y = emulate(b, x)
+    x = np.random.default_rng(0).uniform(-3, 3, (16, 2, 2, 2))
     t = emulate(b, x, trace=True)
-    assert np.array_equal(y, t["input_quant"] + t["q1"] + t["q2"])
+    assert np.array_equal(t["add1"], t["input_quant"] + t["q1"] + t["q2"] + t["q3"])  # hand sum: exact
+    tx, log = transforms.run(b, ("split_joins",))
+    assert [n.name for n in tx.graph if n.op in ("add", "concat")] == ["add1_j1", "add1_j2", "add1", "cat1_j1",
+                                                                       "cat1_j2", "cat1"]
+    assert all(len(n.inputs) == 2 for n in tx.graph if n.op in ("add", "concat")) and len(log) == 2
+    assert np.array_equal(emulate(tx, x), emulate(b, x))
     b.test_x = x.astype(np.float32)
-    _, tx, _, plan = prepare(b)
-    with pytest.raises(UnsupportedLayerError, match="'add1' \\(add\\): hls4ml joins two tensors"):
-        build_deploy_model(tx, plan)
+    res = compile_bundle(b, tmp_path, CompileOptions(io_type=io_type))
+    assert res.report.mismatches == 0 and all(p.ran for p in res.report.paths)
+    assert any("split_joins" in m for m in res.report.transforms)

@@ -25,6 +25,9 @@ Every one keeps the graph's final outputs bit-identical (verification checks tha
     kernels after it (hls4ml's own ReLU among them) assume equal word sizes and compute
     wrong numbers there (seen: 1,100 of 2,048 ReLU values); before the flatten they are
     exact, and a quantize can then fold into the layer before.
+``split_joins``
+    an ``add`` / ``concat`` of more than two inputs becomes a chain of two-input ones (hls4ml
+    joins two tensors at a time); exact sums and concatenations in another grouping.
 """
 from __future__ import annotations
 
@@ -171,8 +174,54 @@ class FlattenLast(Transformation):
         return b.validate()
 
 
-STEPS = {"fold_masks": FoldMasks, "remove_dead": RemoveDead, "flatten_last": FlattenLast}
-DEFAULT_STEPS = ("flatten_last", "fold_masks", "remove_dead")
+class SplitJoins(Transformation):
+    """An ``add`` or ``concat`` of more than two inputs becomes a chain of two-input ones
+    (``NAME_j1``, ``NAME_j2``, ..., the last keeps ``NAME``): hls4ml's Merge and Concatenate
+    join two tensors. Adding exact fixed-point values in another grouping gives the same
+    sum (each partial sum gets its own exact, widened format), and a concatenation is the
+    concatenation of its prefix with the next input."""
+
+    def __init__(self):
+        super().__init__("split_joins")
+
+    def apply(self, bundle: Bundle) -> Bundle:
+        b = _copy(bundle)
+        g = b.qspec.graph
+        shapes = {"input": list(b.qspec.task.input_shape)}
+        shapes.update({n.name: list(n.out_shape) for n in g})
+        taken = {n.name for n in g}
+        out = []
+        for n in g:
+            if n.op not in ("add", "concat") or len(n.inputs) <= 2:
+                out.append(n)
+                continue
+            prev = n.inputs[0]
+            chain = []
+            for k, nxt in enumerate(n.inputs[1:-1], start=1):
+                part = copy.deepcopy(n)
+                part.name, i = f"{n.name}_j{k}", 1
+                while part.name in taken:
+                    i += 1
+                    part.name = f"{n.name}_j{k}_{i}"
+                taken.add(part.name)
+                part.inputs = [prev, nxt]
+                part.in_shape = list(shapes[prev])
+                if n.op == "concat":
+                    part.out_shape = [shapes[prev][0] + shapes[nxt][0]] + list(shapes[prev][1:])
+                shapes[part.name] = list(part.out_shape)
+                chain.append(part)
+                prev = part.name
+            n.inputs = [prev, n.inputs[-1]]
+            n.in_shape = list(shapes[prev])
+            out += chain + [n]
+            self.log.append(f"{n.name} ({n.op} of {len(chain) + 2} inputs) split into "
+                            f"{', '.join(c.name for c in chain)}, {n.name}")
+        b.qspec.graph = out
+        return b.validate()
+
+
+STEPS = {"fold_masks": FoldMasks, "remove_dead": RemoveDead, "flatten_last": FlattenLast, "split_joins": SplitJoins}
+DEFAULT_STEPS = ("split_joins", "flatten_last", "fold_masks", "remove_dead")
 
 
 def run(bundle: Bundle, steps=DEFAULT_STEPS) -> tuple[Bundle, list[str]]:
