@@ -74,3 +74,12 @@ def test_init_cli_errors(tmp_path, capsys):
     assert "init:" in capsys.readouterr().err
     assert main(["--init-epochs", "3", "--out", str(tmp_path / "b"), "--no-progress"]) == 2
     assert "init_epochs" in capsys.readouterr().err
+
+
+def test_init_float_checks_the_model_before_training_the_float_one(tmp_path, capsys):
+    """A bad per-layer pattern stops the run before the float model trains (nothing written)."""
+    rc = main(["--init", "float", "--epochs", "1", "--out", str(tmp_path / "r"), "--no-progress",
+               "--float-baseline", "false", "--layers", "[{match: 'nope*', weight_bits: 4}]"])
+    err = capsys.readouterr()
+    assert rc == 2 and "nope*" in err.err and "init: training the float model" not in err.out
+    assert not (tmp_path / "r" / "float_init.pt").exists()

@@ -141,6 +141,8 @@ def _train_and_export(cfg, spec, data, out: Path, echo, order_auto: dict | None 
     method = get_method(cfg.method, cfg)
     init_state, float_metrics = None, None
     if cfg.init == "float":  # train the float model first; the quantized model starts from it
+        if not (out / "float_init.pt").is_file():  # check the model for this method before any training
+            Trainer(cfg, spec, data, get_method(cfg.method, cfg), factory, kwargs, progress=False).build()
         float_metrics, init_state = _float_model(cfg, spec, data, factory, kwargs, out, echo)
     elif cfg.init is not None:
         init_state = Path(cfg.init)
