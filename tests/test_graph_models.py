@@ -295,21 +295,32 @@ def test_global_mean_over_odd_window_compiles(tmp_path):
 
 def test_standalone_batchnorm_becomes_scale_shift():
     """A BatchNorm with no weight layer before it (here right after the input quantizer)
-    becomes a scale_shift node whose 16-bit scale and shift are on their grids; the
-    emulation follows the float BatchNorm up to that rounding."""
+    trains as the scale_shift node it becomes (QScaleShift: batch statistics until the
+    quantizers' delay, then the 16-bit quantized scale and shift with straight-through
+    gradients): the bundle's exact emulation is the eval-mode model, bit for bit."""
+    from qsp.nn import QScaleShift
+
     torch.manual_seed(0)
     m = nn.Sequential(nn.BatchNorm2d(1), nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 64, 2))
-    q = _train(qsp.convert(m, qsp.Plan(total_steps=30, weight_sparsity=0, act_sparsity=0)))
+    q = qsp.convert(m, qsp.Plan(total_steps=30, weight_sparsity=0, act_sparsity=0))
+    assert isinstance(q.net[0], QScaleShift) and q.net[0].delay > 0
+    q = _train(q)
+    assert q.net[0].frozen
     b, x = _bundle(q)
     ss = [n for n in b.graph if n.op == "scale_shift"]
     assert len(ss) == 1 and ss[0].inputs == ["input_quant"] and ss[0].weight.bits == 16
-    bn = q.net[0]
+    bn = q.net[0].bn
     scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().double().numpy()
     assert np.allclose(b.weight(ss[0].name), scale, atol=2.0 ** -ss[0].weight.frac)
     assert ss[0].weight.contains(b.weight(ss[0].name)) and ss[0].bias.contains(b.bias(ss[0].name))
     with torch.no_grad():
         ref = q(x).double().numpy()
-    assert np.max(np.abs(emulate(b, x.numpy()) - ref)) < 0.1 * max(1.0, np.max(np.abs(ref)))
+    assert np.array_equal(emulate(b, x.numpy()), ref)
+    # after the delay the BatchNorm's weight and bias still learn (straight through the grids)
+    q.train()
+    running = bn.running_mean.clone()
+    q(x).pow(2).mean().backward()
+    assert bn.weight.grad is not None and bn.weight.grad.abs().sum() > 0 and torch.equal(bn.running_mean, running)
 
 
 def test_elementwise_after_flatten_moves_before_it_and_io_stream_is_exact(tmp_path):

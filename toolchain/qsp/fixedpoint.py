@@ -332,6 +332,24 @@ def fit_format(values, bits: int, rounding: str = DEFAULT_ROUNDING) -> FixedForm
     return fmt
 
 
+#: bits of a standalone BatchNorm's per-channel scale and shift (the bundle's scale_shift node)
+SCALE_SHIFT_BITS = 16
+
+
+def scale_shift(gamma, beta, mean, var, eps: float, bits: int = SCALE_SHIFT_BITS):
+    """A BatchNorm at inference as per-channel ``x * scale + shift`` with ``scale = gamma /
+    sqrt(var + eps)`` and ``shift = beta - mean * scale`` (float64), each quantized to its
+    :func:`fit_format`: (scale format, shift format, scale on its grid, shift on its grid).
+    The one rule qsp.convert trains with and the bundle export writes."""
+    var, mean = np.asarray(var, np.float64), np.asarray(mean, np.float64)
+    g = np.ones_like(var) if gamma is None else np.asarray(gamma, np.float64)
+    b = np.zeros_like(var) if beta is None else np.asarray(beta, np.float64)
+    scale = g / np.sqrt(var + eps)
+    shift = b - mean * scale
+    sf, bf = fit_format(scale, bits), fit_format(shift, bits)
+    return sf, bf, sf.quantize_np(scale), bf.quantize_np(shift)
+
+
 #: bits of a LeakyReLU slope (hls4ml's ``param`` type); qsp.convert trains with the slope on
 #: this grid, so the exported slope is the trained one
 LEAKY_SLOPE_BITS = 16

@@ -20,8 +20,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .. import __version__
 from ..errors import BundleError, UnsupportedLayerError
-from ..fixedpoint import FixedFormat, fit_format, leaky_slope
-from ..nn import ActivationPruner, QLayer, Quantizer
+from ..fixedpoint import SCALE_SHIFT_BITS, FixedFormat, fit_format, leaky_slope, scale_shift
+from ..nn import ActivationPruner, QLayer, QScaleShift, Quantizer
 from ..nn.capture import ADD_FUNCS, CAT_FUNCS, QspTracer, where
 from ..registry import Registry
 from .io import Bundle
@@ -189,26 +189,20 @@ def _leaky(ctx, path, m, in_shape, out_shape):
 
 
 #: a standalone BatchNorm's scale and shift: this many bits, fraction bits as many as fit
-SCALE_SHIFT_BITS = 16
-
-
 def bn_scale_shift(m) -> tuple[FixedFormat, FixedFormat, np.ndarray, np.ndarray]:
-    """A standalone BatchNorm at inference as the bundle computes it: per-channel scale and
-    shift, each quantized to SCALE_SHIFT_BITS bits (round half to even). Returns
-    (scale format, shift format, scale, shift)."""
-    var = m.running_var.detach().double().cpu().numpy()
-    mean = m.running_mean.detach().double().cpu().numpy()
-    g = m.weight.detach().double().cpu().numpy() if m.affine else np.ones_like(var)
-    be = m.bias.detach().double().cpu().numpy() if m.affine else np.zeros_like(var)
-    scale = g / np.sqrt(var + m.eps)
-    shift = be - mean * scale
-    sf, bf = fit_format(scale, SCALE_SHIFT_BITS), fit_format(shift, SCALE_SHIFT_BITS)
-    return sf, bf, sf.quantize_np(scale), bf.quantize_np(shift)
+    """A standalone BatchNorm at inference as the bundle computes it
+    (:func:`qsp.fixedpoint.scale_shift`): (scale format, shift format, scale, shift)."""
+    m = getattr(m, "bn", m)  # QScaleShift: its BatchNorm
+    f = lambda t: None if t is None else t.detach().double().cpu().numpy()  # noqa: E731
+    return scale_shift(f(m.weight) if m.affine else None, f(m.bias) if m.affine else None,
+                       f(m.running_mean), f(m.running_var), m.eps)
 
 
-@exporter(nn.BatchNorm1d, nn.BatchNorm2d)
+@exporter(nn.BatchNorm1d, nn.BatchNorm2d, QScaleShift)
 def _batchnorm(ctx, path, m, in_shape, out_shape):
-    """A BatchNorm with no weight layer before it: :func:`bn_scale_shift`."""
+    """A BatchNorm with no weight layer before it (trained as :class:`QScaleShift` by
+    qsp.convert): :func:`bn_scale_shift`."""
+    m = getattr(m, "bn", m)
     if not m.track_running_stats or m.running_var is None:
         raise UnsupportedLayerError(f"layer {path!r} ({type(m).__name__}): needs track_running_stats=True")
     sf, bf, scale, shift = bn_scale_shift(m)
@@ -526,7 +520,7 @@ def trained_outputs(model: nn.Module, x, batch: int = 512) -> np.ndarray:
         if callable(getattr(m, "effective", None)) and callable(getattr(m, "_weights", None)):
             fixed = tuple(t.detach().cpu().double() if torch.is_tensor(t) else t for t in m.effective())
             c._weights = lambda fixed=fixed: fixed
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.track_running_stats:
+        elif isinstance(m, QScaleShift) or isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.track_running_stats:
             _, _, scale, shift = bn_scale_shift(m)
             s, t = torch.from_numpy(scale), torch.from_numpy(shift)
             c.forward = lambda v, s=s, t=t: v * s.reshape((-1,) + (1,) * (v.dim() - 2)) + \

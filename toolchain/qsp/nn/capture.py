@@ -40,10 +40,10 @@ FOLD_INTO = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 def _leaf_types():
-    from .layers import QLayer
+    from .layers import QLayer, QScaleShift
     from .ops import ActivationPruner, Quantizer
 
-    types = [QLayer, Quantizer, ActivationPruner]
+    types = [QLayer, QScaleShift, Quantizer, ActivationPruner]
     try:  # DJPQ's layers are leaves too (imported lazily: qsp.djpq imports qsp.nn)
         from ..djpq.layers import DJPQLayer
         from ..djpq.quant import LearnedQuantizer

@@ -11,8 +11,8 @@ from torch import fx, nn
 
 from .. import fixedpoint as fp
 from .capture import (capture, drop_node, fresh_name, graph_changed, join_nodes,
-                      modules_in_order, put_module, weight_bn_pairs)
-from .layers import QLayer, prune, quantize
+                      modules_in_order, put_module, weight_bn_pairs, BN_TYPES)
+from .layers import QLayer, QScaleShift, prune, quantize
 from .ops import ActivationPruner, Quantizer
 from .state import check_nonneg_int, check_quantiles, check_sparsity
 
@@ -301,6 +301,11 @@ def convert(model: nn.Module, plan: Plan | None = None, **overrides) -> nn.Modul
         if bn is not None:
             drop_node(gm, bn_of[name])
             put_module(gm, bn_of[name], None, model)
+    for node in list(gm.graph.nodes):  # a BatchNorm left (no weight layer before it): trained as scale_shift
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), BN_TYPES) and selected(node.target):
+            bn = gm.get_submodule(node.target)
+            if bn.track_running_stats:
+                put_module(gm, node.target, QScaleShift(bn, delay=sch.quant_delay or 0), model)
     if plan.quantize_activations:
         for name, mod in acts:
             if isinstance(mod, nn.LeakyReLU):  # train with the slope the hardware uses

@@ -168,3 +168,55 @@ def prune(layer: nn.Module | None = None, sparsity: float = 0.5, *, start: int =
                                 window=window)
     q = layer if isinstance(layer, QLayer) else QLayer(layer)
     return q.add_prune(sparsity=sparsity, start=start, interval=interval, repetition=repetition)
+
+
+class QScaleShift(nn.Module):
+    """A BatchNorm with no weight layer before it, trained as the bundle's ``scale_shift``
+    node computes it (qsp.convert puts one in place of each such BatchNorm).
+
+    For the first ``delay`` training steps (the weight quantizers' delay) it is the
+    BatchNorm itself: batch statistics, running statistics updated. From then on the running
+    statistics are frozen and it computes ``x * Q(scale) + Q(shift)`` with the per-channel
+    scale and shift quantized by :func:`qsp.fixedpoint.scale_shift` (16 bits each, the
+    finest fraction that holds them) and straight-through gradients to the BatchNorm's
+    weight and bias: the values the bundle stores, so training sees the deployed node.
+    Evaluation always computes the quantized form."""
+
+    def __init__(self, bn: nn.Module, delay: int = 0):
+        super().__init__()
+        if not (isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) and bn.track_running_stats):
+            raise ValueError("QScaleShift takes a BatchNorm1d/2d with track_running_stats=True")
+        self.bn = bn
+        self.delay = int(delay)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def extra_repr(self):
+        return f"delay={self.delay}, bits={fp.SCALE_SHIFT_BITS}"
+
+    @property
+    def frozen(self) -> bool:
+        return int(self.steps) >= self.delay
+
+    def quantized(self):
+        """(scale, shift) on their grids as float64 tensors, with straight-through gradients
+        to the BatchNorm's weight and bias."""
+        bn = self.bn
+        var, mean = bn.running_var.detach().double(), bn.running_mean.detach().double()
+        g = bn.weight.double() if bn.affine else torch.ones_like(var)
+        b = bn.bias.double() if bn.affine else torch.zeros_like(var)
+        scale = g / torch.sqrt(var + bn.eps)
+        shift = b - mean * scale
+        _, _, sq, bq = fp.scale_shift(g.detach().cpu().numpy(), b.detach().cpu().numpy(), mean.cpu().numpy(),
+                                      var.cpu().numpy(), bn.eps)
+        sq, bq = torch.from_numpy(sq).to(scale.device), torch.from_numpy(bq).to(shift.device)
+        return sq + (scale - scale.detach()), bq + (shift - shift.detach())
+
+    def forward(self, x):
+        if self.training:
+            frozen = self.frozen
+            self.steps += 1
+            if not frozen:
+                return self.bn(x)
+        s, t = self.quantized()
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x.double() * s.reshape(shape) + t.reshape(shape)).to(x.dtype)
