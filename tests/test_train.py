@@ -193,3 +193,21 @@ def test_default_out_and_latest(tmp_path, monkeypatch):
     assert main(["--resume", *QUIET]) == 0  # finished run: nothing to train, same bundle again
     after = Bundle.read(latest).weights
     assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_readme_train_lines_parse(capsys):
+    """Every qsp-train line of README's "Using the stages" block is a valid configuration
+    (checked with --print-config; lines that need the user's own files are skipped)."""
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("## Using the stages", 1)[1].split("```", 2)[1]
+    lines = [ln.split("#")[0].strip() for ln in block.splitlines() if ln.startswith("qsp-train")]
+    checked = 0
+    for ln in lines:
+        if any(w in ln for w in ("mypkg", "run.yaml", "--resume")):
+            continue
+        assert main(shlex.split(ln)[1:] + ["--print-config"]) == 0, ln
+        checked += 1
+    assert checked >= 5 and "init: float" in capsys.readouterr().out
