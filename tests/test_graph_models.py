@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import qsp

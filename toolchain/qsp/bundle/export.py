@@ -20,9 +20,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .. import __version__
 from ..errors import BundleError, UnsupportedLayerError
-from ..fixedpoint import SCALE_SHIFT_BITS, FixedFormat, fit_format, leaky_slope, scale_shift
+from ..fixedpoint import FixedFormat, leaky_slope, scale_shift
 from ..nn import ActivationPruner, QLayer, QScaleShift, Quantizer
-from ..nn.capture import ADD_FUNCS, CAT_FUNCS, QspTracer, where
+from ..nn.capture import ADD_FUNCS, CAT_FUNCS, where
 from ..registry import Registry
 from .io import Bundle
 from .schema import (GRAPH_INPUT, AddNode, AvgPool1dNode, AvgPool2dNode, ClipNode, ConcatNode, Conv1dNode,

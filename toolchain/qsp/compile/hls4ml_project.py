@@ -26,7 +26,7 @@ The estimator imports nothing of compile.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import hardware

@@ -10,8 +10,8 @@ from typing import Sequence
 from torch import fx, nn
 
 from .. import fixedpoint as fp
-from .capture import (capture, drop_node, fresh_name, graph_changed, join_nodes,
-                      modules_in_order, put_module, weight_bn_pairs, BN_TYPES)
+from .capture import (BN_TYPES, capture, drop_node, graph_changed, join_nodes, modules_in_order, put_module,
+                      weight_bn_pairs)
 from .layers import QLayer, QScaleShift, prune, quantize
 from .ops import ActivationPruner, Quantizer
 from .state import check_nonneg_int, check_quantiles, check_sparsity
