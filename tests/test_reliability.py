@@ -532,10 +532,39 @@ def test_estimate_project_faults_are_clean_errors(tmp_path):
     d = tmp_path / "prj"
     d.mkdir()
     (d / "qsp_hls_config.yaml").write_text("HLSConfig: {LayerName: [1, 2")
-    with pytest.raises(ConfigError, match="not a readable YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML"):
         strategies_from_project(d)
     (d / "qsp_hls_config.yaml").write_text("HLSConfig: {LayerName: {dense1: {Strategy: Latency, ReuseFactor: 2.5}}}")
     with pytest.raises(ConfigError, match=r"dense1.ReuseFactor=2.5"):
         strategies_from_project(d)
     (d / "qsp_hls_config.yaml").write_text("HLSConfig: {LayerName: {dense1: {Strategy: Resource, ReuseFactor: 4}}}")
     assert strategies_from_project(d)["dense1"].reuse_factor == 4
+
+
+def test_read_yaml_one_rule_for_every_user_yaml(tmp_path, monkeypatch):
+    """qsp.paths.read_yaml: missing, directory, FIFO, too large, binary and deep files are
+    clean errors of the caller's kind, naming what was read."""
+    from qsp import paths
+    from qsp.boards import BoardError
+    from qsp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="config: file .* does not exist"):
+        paths.read_yaml(tmp_path / "none.yaml", "config")
+    with pytest.raises(BoardError, match="board file: .* is a directory"):
+        paths.read_yaml(tmp_path, "board file", BoardError)
+    fifo = tmp_path / "f.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        paths.read_yaml(fifo, "--hls-config")
+    big = tmp_path / "big.yaml"
+    big.write_text("a: " + "x" * 64)
+    monkeypatch.setattr(paths, "MAX_YAML_BYTES", 32)
+    with pytest.raises(ConfigError, match="larger than"):
+        paths.read_yaml(big, "config")
+    monkeypatch.undo()
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00a: 1")
+    (tmp_path / "deep.yaml").write_text("[" * 20000 + "]" * 20000)
+    for name in ("bin.yaml", "deep.yaml"):
+        with pytest.raises(ConfigError, match="not valid YAML"):
+            paths.read_yaml(tmp_path / name, "config")
+    assert paths.read_yaml(big, "config") == {"a": "x" * 64}

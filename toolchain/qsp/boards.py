@@ -25,8 +25,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
 
-import yaml
-
 from .errors import BoardError
 from .resources import data_dir
 
@@ -205,12 +203,9 @@ def load_board(path) -> Board:
 
 
 def _read_board(p: Path) -> Board:
-    try:
-        d = yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise BoardError(f"board file {str(p)!r} cannot be read ({e.strerror})") from None
-    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
-        raise BoardError(f"board file {p}: not valid YAML ({type(e).__name__}: {str(e)[:200]})") from None
+    from .paths import read_yaml
+
+    d = read_yaml(p, "board file", BoardError)
     b = board_from_dict(d, f"board file {p}")
     if b.name.lower() != p.stem.lower():
         raise BoardError(f"board file {p}: field 'name' ({b.name!r}) must equal the file name ({p.stem!r})")
@@ -403,12 +398,12 @@ def load_power_file(path) -> dict[str, PowerFamily]:
     key = (str(p), st.st_mtime_ns, st.st_size)
     if key not in _POWER_LOADED:
         try:
-            d = yaml.safe_load(p.read_text())
+            from .paths import read_yaml
+
+            d = read_yaml(p, "power file", BoardError)
             fams = power_families_from_dict(d, f"power file {p}")
             _POWER_LOADED[key] = {k: PowerFamily(**{**{f.name: getattr(v, f.name) for f in fields(v)}, "path": p})
                                   for k, v in fams.items()}
-        except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
-            _POWER_LOADED[key] = BoardError(f"power file {p}: not valid YAML ({type(e).__name__}: {str(e)[:200]})")
         except BoardError as e:
             _POWER_LOADED[key] = e
     got = _POWER_LOADED[key]

@@ -31,6 +31,32 @@ def input_file(path, what: str) -> Path:
     return p
 
 
+#: the largest YAML file qsp reads (configs, board and power files, hls4ml configurations)
+MAX_YAML_BYTES = 16 << 20
+
+
+def read_yaml(path, what: str, error=ConfigError):
+    """A user's YAML file as Python data (None when empty): a regular file (a FIFO or device
+    is refused unread), at most MAX_YAML_BYTES, UTF-8, valid YAML that nests within
+    Python's recursion limit; otherwise ``error`` naming ``what`` and the path."""
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise error(f"{what}: file {str(p)!r} does not exist")
+    if not p.is_file():
+        kind = "a directory" if p.is_dir() else "not a regular file (a FIFO, socket or device)"
+        raise error(f"{what}: {str(p)!r} is {kind}")
+    try:
+        if p.stat().st_size > MAX_YAML_BYTES:
+            raise error(f"{what}: {p} is larger than {MAX_YAML_BYTES >> 20} MiB")
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise error(f"{what}: {p} cannot be read ({e.strerror or e})") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+        raise error(f"{what}: {p} is not valid YAML ({type(e).__name__}: {str(e)[:200]})") from None
+
+
 def output_dir(path, what: str) -> Path:
     """``path`` as a Path, created if missing, once a probe file could be written into it;
     else ConfigError (a file in the way, a read-only or missing file system). Permissions

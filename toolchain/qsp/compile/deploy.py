@@ -30,13 +30,17 @@ def _param(a) -> nn.Parameter:
     return nn.Parameter(t, requires_grad=False)
 
 
-@builds("linear")
-def _linear(bundle, n):
-    m = nn.Linear(n.in_features, n.out_features, bias=bundle.bias(n.name) is not None)
+def _loaded(m: nn.Module, bundle, n) -> nn.Module:
+    """``m`` (built with ``bias=`` whether the node has one) holding the node's weights."""
     m.weight = _param(bundle.weight(n.name))
     if m.bias is not None:
         m.bias = _param(bundle.bias(n.name))
     return m
+
+
+@builds("linear")
+def _linear(bundle, n):
+    return _loaded(nn.Linear(n.in_features, n.out_features, bias=bundle.bias(n.name) is not None), bundle, n)
 
 
 @builds("conv2d")
@@ -49,23 +53,15 @@ def _conv(bundle, n):
         if n.depthwise and n.in_channels == n.out_channels:
             return QspDepthwiseConv2d(w, b, tuple(n.stride), tuple(n.padding))
         return QspGroupedConv2d(w, b, tuple(n.stride), tuple(n.padding), groups=n.groups)
-    m = nn.Conv2d(n.in_channels, n.out_channels, tuple(n.kernel_size), tuple(n.stride), tuple(n.padding),
-                  bias=bundle.bias(n.name) is not None)
-    m.weight = _param(bundle.weight(n.name))
-    if m.bias is not None:
-        m.bias = _param(bundle.bias(n.name))
-    return m
+    return _loaded(nn.Conv2d(n.in_channels, n.out_channels, tuple(n.kernel_size), tuple(n.stride), tuple(n.padding),
+                             bias=bundle.bias(n.name) is not None), bundle, n)
 
 
 @builds("conv1d")
 def _conv1d(bundle, n):
     """hls4ml's Conv1D (its PyTorch frontend parses nn.Conv1d; groups 1 only)."""
-    m = nn.Conv1d(n.in_channels, n.out_channels, int(n.kernel_size[0]), int(n.stride[0]), int(n.padding[0]),
-                  bias=bundle.bias(n.name) is not None)
-    m.weight = _param(bundle.weight(n.name))
-    if m.bias is not None:
-        m.bias = _param(bundle.bias(n.name))
-    return m
+    return _loaded(nn.Conv1d(n.in_channels, n.out_channels, int(n.kernel_size[0]), int(n.stride[0]),
+                             int(n.padding[0]), bias=bundle.bias(n.name) is not None), bundle, n)
 
 
 @builds("maxpool1d")

@@ -59,13 +59,9 @@ def write(path: Path, cfg: dict, opts: CompileOptions, input_shape, bundle_path=
 
 def load(path) -> dict:
     """The file as a mapping (ConfigError for a missing file, bad YAML or a bad top level)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--hls-config: file {str(path)!r} does not exist")
-    try:
-        d = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--hls-config {path}: not valid YAML ({e})") from None
+    from ..paths import read_yaml
+
+    d = read_yaml(path, "--hls-config")
     if not isinstance(d, dict):
         raise ConfigError(f"--hls-config {path}: the top level must be a mapping (as qsp-compile wrote it)")
     bad = [k for k in d if k not in TOP_KEYS]

@@ -579,11 +579,8 @@ def estimate(bundle, boards: Iterable | str | None = "all", strategies: Mapping 
 def strategies_from_project(project_dir) -> dict[str, LayerStrategy]:
     """Per-layer strategy and reuse factor of a compiled project (the qsp_hls_config.yaml
     qsp-compile wrote; hls4ml_config.yaml in projects of older qsp versions)."""
-    import yaml
-
     from ..errors import ConfigError
-
-    from ..paths import find_files, input_file
+    from ..paths import find_files, input_file, read_yaml
 
     p = Path(project_dir)
     if p.is_dir():
@@ -593,10 +590,7 @@ def strategies_from_project(project_dir) -> dict[str, LayerStrategy]:
         f = input_file(p, "--project")  # a FIFO or device is refused before it is read
     if f is None:
         raise ConfigError(f"--project {str(project_dir)!r}: no qsp_hls_config.yaml found (qsp-compile writes it)")
-    try:
-        cfg = yaml.safe_load(Path(f).read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
-        raise ConfigError(f"--project {f}: not a readable YAML file ({type(e).__name__})") from None
+    cfg = read_yaml(f, "--project") or {}
     hc = cfg.get("HLSConfig", cfg) if isinstance(cfg, dict) else None
     names = hc.get("LayerName") if isinstance(hc, dict) else None
     if not isinstance(names, (dict, type(None))):

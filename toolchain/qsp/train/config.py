@@ -227,14 +227,9 @@ class TrainConfig:
 
 # ====================================================================== helpers
 def load_yaml(path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config: file {str(path)!r} does not exist")
-    try:
-        d = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config: {path} is not valid YAML ({e})") from None
-    return d or {}
+    from ..paths import read_yaml
+
+    return read_yaml(path, "config") or {}
 
 
 def _layer_override(v) -> dict:
