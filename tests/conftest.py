@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 
 import pytest
@@ -15,6 +16,10 @@ REQUIRE_SYSTEM_DEPS = os.environ.get("QSP_REQUIRE_SYSTEM_DEPS") == "1"
 def needs_system(available: bool, reason: str):
     """skipif for a system package a developer may lack; never skips under run_tests.sh."""
     return pytest.mark.skipif(not available and not REQUIRE_SYSTEM_DEPS, reason=reason)
+
+
+#: the C simulation needs g++ (a developer without it still runs the rest; CI never skips)
+needs_gxx = needs_system(shutil.which("g++") is not None, "g++ is needed for the C simulation (apt-get install -y g++)")
 
 
 @pytest.fixture(scope="session")

@@ -11,13 +11,11 @@ import threading
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from qsp.boards import board_from_dict, builtin_dirs  # noqa: E402
-from qsp.errors import BoardError  # noqa: E402
+from qsp.boards import board_from_dict, builtin_dirs
+from qsp.errors import BoardError
 
 FUZZ = settings(derandomize=True, deadline=None, max_examples=60, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

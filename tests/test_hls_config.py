@@ -7,18 +7,15 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REQUIRE_SYSTEM_DEPS
+from tests.conftest import needs_gxx
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_gxx = pytest.mark.skipif(shutil.which("g++") is None and not REQUIRE_SYSTEM_DEPS,
-                               reason="g++ is needed for C simulation (apt-get install -y g++)")
 
 
 def readme_example() -> list[str]:

@@ -5,7 +5,6 @@ sparsity, and it compiles and verifies bit-exact."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from torch import nn
 
 from qsp.errors import ConfigError
 from qsp.train.cli import config_from_args, main
-from tests.conftest import REQUIRE_SYSTEM_DEPS
+from tests.conftest import needs_gxx
 
 QUIET = ["--no-progress", "--float-baseline", "false"]
 RUN_YAML = """\
@@ -124,7 +123,7 @@ def test_yaml_two_overrides_train_into_the_bundle(override_run, capsys):
     assert "per-layer plan" in report_table(m)
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and not REQUIRE_SYSTEM_DEPS, reason="g++ is needed for csim")
+@needs_gxx
 def test_override_bundle_compiles_and_verifies(override_run, tmp_path):
     from qsp.compile.hls4ml_project import CompileOptions
     from qsp.compile.pipeline import compile_bundle

@@ -5,7 +5,6 @@ Every exactness check is shown to fail on a one-LSB (or one-rounding-mode) fault
 from __future__ import annotations
 
 import copy
-import shutil
 import subprocess
 import sys
 
@@ -14,17 +13,16 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-pytest.importorskip("qonnx")
+from qsp.bundle import Bundle
+from qsp.errors import QspError, UnsupportedLayerError
+from qsp.export.qonnx import build_qonnx, run_qonnx
+from qsp.fixedpoint import FixedFormat
+from qsp.verify.emulate import emulate
 
-from qsp.bundle import Bundle  # noqa: E402
-from qsp.errors import QspError, UnsupportedLayerError  # noqa: E402
-from qsp.export.qonnx import build_qonnx, run_qonnx  # noqa: E402
-from qsp.fixedpoint import FixedFormat  # noqa: E402
-from qsp.verify.emulate import emulate  # noqa: E402
-
-from .bundles import build_bundle  # noqa: E402
-from .graphs_dag import dag_bundle  # noqa: E402
-from .qonnx_fixtures import brevitas_mlp  # noqa: E402
+from .bundles import build_bundle
+from .graphs_dag import dag_bundle
+from .conftest import needs_gxx
+from .qonnx_fixtures import brevitas_mlp
 
 PLAN = dict(steps=20, weight_bits=6, act_bits=6, weight_sparsity=0.5)
 
@@ -91,9 +89,8 @@ def test_rounding_modes_refused_or_exact(bundles):
 
 
 @pytest.mark.slow
+@needs_gxx
 def test_hls4ml_onnx_frontend_csim_equals_emulation(tmp_path):
-    if shutil.which("g++") is None:
-        pytest.skip("g++ not installed")
     from qsp.export.qonnx import convert_with_hls4ml
 
     b = build_bundle("mlp", act_sparsity=0.0, **PLAN)  # hls4ml's frontend has no constant-mask Mul
@@ -146,9 +143,8 @@ def test_import_emulation_equals_qonnx_on_the_original(brevitas_file):
 
 
 @pytest.mark.slow
+@needs_gxx
 def test_import_estimate_compile_csim(brevitas_file, tmp_path, capsys):
-    if shutil.which("g++") is None:
-        pytest.skip("g++ not installed")
     from qsp.compile.pipeline import compile_bundle
     from qsp.estimate.cli import main as estimate_main
 

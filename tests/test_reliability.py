@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 import stat
 import sys
 import threading
@@ -22,9 +21,7 @@ import yaml
 
 from qsp.boards import all_boards, builtin_dirs, get_board, load_board
 from qsp.errors import BoardError
-
-needs_gxx = pytest.mark.skipif(shutil.which("g++") is None and os.environ.get("QSP_REQUIRE_SYSTEM_DEPS") != "1",
-                               reason="g++ is needed for C simulation")
+from tests.conftest import needs_gxx
 
 
 def _run(main, argv, capsys, timeout=60):
