@@ -183,23 +183,28 @@ def board_from_dict(d, where: str = "board") -> Board:
 _LOADED: dict[tuple, Board | BoardError] = {}
 
 
-def load_board(path) -> Board:
-    """Read and validate one board file."""
-    p = Path(path)
-    if not p.is_file():  # a FIFO or device would block or never end; a directory is no file
-        raise BoardError(f"board file {str(p)!r} is not a regular file" if p.exists()
-                         else f"board file {str(p)!r} does not exist")
+def _cached(path, what: str, cache: dict, read):
+    """``read(p)`` for the regular file ``path``, remembered (its result or its BoardError)
+    by (path, mtime, size): every lookup loads every file, for the clash checks."""
+    from .paths import input_file
+
+    p = input_file(path, what, BoardError)  # a FIFO or device would block; a directory is no file
     st = p.stat()
     key = (str(p), st.st_mtime_ns, st.st_size)
-    if key not in _LOADED:
+    if key not in cache:
         try:
-            _LOADED[key] = _read_board(p)
+            cache[key] = read(p)
         except BoardError as e:
-            _LOADED[key] = e
-    got = _LOADED[key]
+            cache[key] = e
+    got = cache[key]
     if isinstance(got, BoardError):
         raise BoardError(str(got))
     return got
+
+
+def load_board(path) -> Board:
+    """Read and validate one board file."""
+    return _cached(path, "board file", _LOADED, _read_board)
 
 
 def _read_board(p: Path) -> Board:
@@ -390,26 +395,14 @@ _POWER_LOADED: dict[tuple, dict[str, PowerFamily] | BoardError] = {}
 
 
 def load_power_file(path) -> dict[str, PowerFamily]:
-    p = Path(path)
-    if not p.is_file():
-        raise BoardError(f"power file {str(p)!r} is not a regular file" if p.exists()
-                         else f"power file {str(p)!r} does not exist")
-    st = p.stat()
-    key = (str(p), st.st_mtime_ns, st.st_size)
-    if key not in _POWER_LOADED:
-        try:
-            from .paths import read_yaml
+    return _cached(path, "power file", _POWER_LOADED, _read_power)
 
-            d = read_yaml(p, "power file", BoardError)
-            fams = power_families_from_dict(d, f"power file {p}")
-            _POWER_LOADED[key] = {k: PowerFamily(**{**{f.name: getattr(v, f.name) for f in fields(v)}, "path": p})
-                                  for k, v in fams.items()}
-        except BoardError as e:
-            _POWER_LOADED[key] = e
-    got = _POWER_LOADED[key]
-    if isinstance(got, BoardError):
-        raise BoardError(str(got))
-    return got
+
+def _read_power(p: Path) -> dict[str, PowerFamily]:
+    from .paths import read_yaml
+
+    fams = power_families_from_dict(read_yaml(p, "power file", BoardError), f"power file {p}")
+    return {k: PowerFamily(**{**{f.name: getattr(v, f.name) for f in fields(v)}, "path": p}) for k, v in fams.items()}
 
 
 def power_family(board: Board, extra_dirs=None) -> PowerFamily | None:

@@ -20,14 +20,15 @@ from .errors import ConfigError
 MAX_SCAN_ENTRIES = 20_000
 
 
-def input_file(path, what: str) -> Path:
-    """``path`` as a Path if it is a regular file (symlinks to one are fine), else ConfigError."""
+def input_file(path, what: str, error=ConfigError) -> Path:
+    """``path`` as a Path if it is a regular file (symlinks to one are fine), else ``error``
+    (ConfigError by default) naming ``what``."""
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"{what}: {str(p)!r} does not exist")
+        raise error(f"{what}: file {str(p)!r} does not exist")
     if not p.is_file():
         kind = "a directory" if p.is_dir() else "not a regular file (a FIFO, socket or device)"
-        raise ConfigError(f"{what}: {str(p)!r} is {kind}")
+        raise error(f"{what}: {str(p)!r} is {kind}")
     return p
 
 
@@ -41,12 +42,7 @@ def read_yaml(path, what: str, error=ConfigError):
     Python's recursion limit; otherwise ``error`` naming ``what`` and the path."""
     import yaml
 
-    p = Path(path)
-    if not p.exists():
-        raise error(f"{what}: file {str(p)!r} does not exist")
-    if not p.is_file():
-        kind = "a directory" if p.is_dir() else "not a regular file (a FIFO, socket or device)"
-        raise error(f"{what}: {str(p)!r} is {kind}")
+    p = input_file(path, what, error)
     try:
         if p.stat().st_size > MAX_YAML_BYTES:
             raise error(f"{what}: {p} is larger than {MAX_YAML_BYTES >> 20} MiB")
