@@ -172,3 +172,25 @@ def test_progress_lines_when_piped(tmp_path):
     assert "val accuracy -" in lines[0]  # no validation metric before the first epoch ends
     assert any(ln.startswith("progress: epoch 2/2") and "val accuracy -" not in ln for ln in lines)
     assert "\r" not in r.stdout and "it/s" not in r.stderr  # no bar when not a terminal
+
+
+def test_readme_compile_and_estimate_lines_run(mlp_bundle, tmp_path, capsys):
+    """README's "Using the stages" qsp-compile lines (BUNDLE: a real bundle) each run with
+    --dry-run (arguments, board, plan), and its qsp-estimate line runs as written."""
+    import shlex
+
+    from qsp.compile.cli import main as compile_main
+    from qsp.estimate.cli import main as estimate_main
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("## Using the stages", 1)[1].split("```", 2)[1]
+    lines = [ln.split("#")[0].strip() for ln in block.splitlines()]
+    sub = lambda ln: [str(mlp_bundle) if a in ("BUNDLE", "runs/latest/bundle") else  # noqa: E731
+                      str(tmp_path / a) if a.startswith("runs/") else a for a in shlex.split(ln)[1:]]
+    comp = [ln for ln in lines if ln.startswith("qsp-compile") and "--hls-config" not in ln]  # that one: test_hls_config
+    assert len(comp) >= 4
+    for ln in comp:
+        assert compile_main(sub(ln) + ["--dry-run"]) == 0, ln
+    est = [ln for ln in lines if ln.startswith("qsp-estimate")]
+    assert est and all(estimate_main(sub(ln)) == 0 for ln in est)
+    assert (tmp_path / "runs" / "est" / "estimate.json").is_file()
