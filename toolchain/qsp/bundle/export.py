@@ -188,7 +188,6 @@ def _leaky(ctx, path, m, in_shape, out_shape):
                          slope=slope, param=fmt)
 
 
-#: a standalone BatchNorm's scale and shift: this many bits, fraction bits as many as fit
 def bn_scale_shift(m) -> tuple[FixedFormat, FixedFormat, np.ndarray, np.ndarray]:
     """A standalone BatchNorm at inference as the bundle computes it
     (:func:`qsp.fixedpoint.scale_shift`): (scale format, shift format, scale, shift)."""

@@ -13,7 +13,6 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -174,9 +173,9 @@ class TrainConfig:
 
         check_config(self)
         if self.init is not None and self.init != "float":
-            ip = Path(self.init)
-            if not ip.is_file():
-                raise ConfigError(f"init: {self.init!r} is neither 'float' nor a state_dict file (.pt) that exists")
+            from ..paths import input_file
+
+            input_file(self.init, "init ('float' or the path of a state_dict .pt)")  # a FIFO would hang torch.load
         if self.init_epochs is not None and self.init != "float":
             raise ConfigError("init_epochs: only used with init: float")
         for k in ("epochs", "batch_size", "max_steps", "train_limit", "test_limit", "threads", "init_epochs"):

@@ -256,6 +256,12 @@ def _evaluate(trainer: Trainer, data, spec) -> dict:
             "masked_activation_points": len(pa)}
 
 
+def _float_metrics(tr: Trainer, data, **extra) -> dict:
+    """The float model's test and validation metrics (the baseline the report compares with)."""
+    return {"test_metric": tr.evaluate(data.x_test, data.y_test, data.test_groups),
+            "val_metric": tr.evaluate(data.x_val, data.y_val, data.val_groups), **extra}
+
+
 def _float_baseline(cfg, spec, data, factory, kwargs, out: Path, echo) -> dict | None:
     if cfg.float_metric is not None:
         return {"test_metric": cfg.float_metric, "source": "given (float_metric)"}
@@ -265,18 +271,14 @@ def _float_baseline(cfg, spec, data, factory, kwargs, out: Path, echo) -> dict |
         tr = Trainer(cfg, spec, data, FloatMethod(cfg), factory, kwargs, run_dir=None, tag="float",
                      init_state=Path(cfg.init))
         tr.build()
-        return {"test_metric": tr.evaluate(data.x_test, data.y_test, data.test_groups),
-                "val_metric": tr.evaluate(data.x_val, data.y_val, data.val_groups),
-                "source": f"the init state_dict {cfg.init} (not trained here)"}
+        return _float_metrics(tr, data, source=f"the init state_dict {cfg.init} (not trained here)")
     cache = out / "float_baseline.json"
     if dd.broadcast_object(cache.is_file()):  # every rank trains it, or none
         return json.loads(cache.read_text())
     echo(f"float baseline: training the float model for {cfg.epochs} epochs")
     tr = Trainer(cfg, spec, data, FloatMethod(cfg), factory, kwargs, run_dir=None, tag="float")
     res = tr.fit()
-    d = {"test_metric": tr.evaluate(data.x_test, data.y_test, data.test_groups),
-         "val_metric": tr.evaluate(data.x_val, data.y_val, data.val_groups),
-         "train_seconds": round(res.seconds, 2), "source": "trained (same epochs, seed, optimizer)"}
+    d = _float_metrics(tr, data, train_seconds=round(res.seconds, 2), source="trained (same epochs, seed, optimizer)")
     if dd.is_main():
         cache.write_text(json.dumps(d, indent=1))
     return d
@@ -292,13 +294,10 @@ def _float_model(cfg, spec, data, factory, kwargs, out: Path, echo) -> tuple[dic
     ep = cfg.init_epochs or cfg.epochs
     echo(f"init: training the float model for {ep} epochs; the {cfg.method} model starts from it")
     fcfg = dataclasses.replace(cfg, epochs=ep)
-    tr = Trainer(fcfg, spec, data, FloatMethod(fcfg), factory, kwargs, run_dir=None, tag="float",
-                 init_state=None)
+    tr = Trainer(fcfg, spec, data, FloatMethod(fcfg), factory, kwargs, run_dir=None, tag="float")
     res = tr.fit()
-    d = {"test_metric": tr.evaluate(data.x_test, data.y_test, data.test_groups),
-         "val_metric": tr.evaluate(data.x_val, data.y_val, data.val_groups),
-         "train_seconds": round(res.seconds, 2), "epochs": ep,
-         "source": f"trained ({ep} epochs); the quantized model was initialised from it"}
+    d = _float_metrics(tr, data, train_seconds=round(res.seconds, 2), epochs=ep,
+                       source=f"trained ({ep} epochs); the quantized model was initialised from it")
     if dd.is_main():
         tmp = out / f".float_init.{os.getpid()}.pt"
         torch.save({k: v.detach().cpu() for k, v in tr.module.state_dict().items()}, tmp)
