@@ -52,7 +52,9 @@ def train(a) -> int:
     if a.method == "qsparse":
         kw.update(weight_bits=8, act_bits=8, weight_sparsity=0.5, act_sparsity=0.5, order="prune-then-quantize")
     else:
-        kw.update(djpq={"bops_target": a.bops_target})
+        kw.update(djpq={"bops_target": a.bops_target, **({"finetune": a.finetune} if a.finetune else {})})
+    if a.distill:
+        kw.update(distill=a.distill, distill_temperature=a.distill_temperature)
     if a.init:
         kw.update(init=a.init, init_epochs=a.init_epochs)
     if a.lr:
@@ -66,7 +68,7 @@ def train(a) -> int:
     rep = run(cfg)
     m = rep.metrics
     res = {"model": a.model, "method": a.method, "epochs": a.epochs, "seed": a.seed,
-           "init": a.init, "float_epochs": m["float"].get("epochs", None if a.init else a.epochs),
+           "init": a.init, "distill": a.distill, "finetune": a.finetune, "float_epochs": m["float"].get("epochs", a.init_float_epochs if a.init else a.epochs),
            "accuracy": m["test_metric"], "float_accuracy": m["float"]["test_metric"],
            "delta_points": m["test_metric"] - m["float"]["test_metric"],
            "performance_density": m["performance_density"],
@@ -190,6 +192,11 @@ def main(argv=None) -> int:
     t.add_argument("--init", default=None, help="'float': start from the trained float model (config key init)")
     t.add_argument("--init-epochs", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--init-float-epochs", type=int, default=None,
+                   help="with --init PATH: the epochs that float model was trained (recorded in the JSON)")
+    t.add_argument("--distill", type=float, default=0.0, help="config key distill (teacher: the init model)")
+    t.add_argument("--distill-temperature", type=float, default=4.0)
+    t.add_argument("--finetune", type=float, default=0.0, help="djpq.finetune: last fraction with bits/gates frozen")
     t.add_argument("--tag", default="", help="suffix of the run's directory and JSON name")
     t.add_argument("--out", default="benchmarks/results/real_networks")
     c = sub.add_parser("compile")

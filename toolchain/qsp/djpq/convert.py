@@ -64,6 +64,7 @@ class DJPQConfig:
     act_init_quantile: float = 0.999
     quant_lr: float = 2e-2
     gate_lr: float = 5e-2
+    finetune: float = 0.0
 
     def __post_init__(self):
         def bad(key, why):
@@ -88,6 +89,9 @@ class DJPQConfig:
             bad("rounding", f"allowed: {sorted(fp.ROUNDING_MODES)}")
         if not 0 < self.act_init_quantile <= 1:
             bad("act_init_quantile", "must be in (0, 1]")
+        if isinstance(self.finetune, bool) or not isinstance(self.finetune, (int, float)) or \
+                not 0 <= self.finetune < 1:
+            bad("finetune", "must be a fraction of the run in [0, 1) (e.g. 0.25: the last quarter of the steps)")
 
     def with_(self, **kw) -> "DJPQConfig":
         unknown = set(kw) - {f.name for f in fields(self)}

@@ -44,6 +44,15 @@ class VIBGate(ScaledParams):
         # stored divided by `param_scale` (an lr multiplier; see set_param_scale)
         self.raw_mu = nn.Parameter(torch.full((channels,), float(init_mu)))
         self.raw_logvar = nn.Parameter(torch.full((channels,), float(init_logvar)))
+        #: set by :meth:`freeze`: the gate is its deployed value in training too
+        self.frozen = False
+
+    def freeze(self) -> None:
+        """Fix the gate at its deployed value (``mu`` on kept channels, 0 on pruned ones) in
+        training too, and stop learning it (DJPQ's fine-tuning phase)."""
+        self.frozen = True
+        for p in (self.raw_mu, self.raw_logvar):
+            p.requires_grad_(False)
 
     @property
     def mu(self) -> torch.Tensor:
@@ -80,7 +89,7 @@ class VIBGate(ScaledParams):
 
     def forward(self) -> torch.Tensor:
         """The gate vector ``z`` (one draw per channel in training)."""
-        if self.training:
+        if self.training and not self.frozen:
             mu = self.mu
             return mu + torch.exp(0.5 * self.logvar) * torch.randn_like(mu)
         mu = self.mu

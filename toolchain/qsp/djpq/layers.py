@@ -163,8 +163,19 @@ class DJPQLayer(nn.Module):
             return F.linear(x, w, b)
         return self.layer._conv_forward(x, w, b)
 
+    def freeze(self) -> None:
+        """DJPQ's fine-tuning phase: the gate and the bitwidth stop learning, and a folded
+        BatchNorm uses its running statistics in training too, so the training forward is the
+        deployed network (only the weights, and BatchNorm's gamma and beta, still learn)."""
+        if self.gate is not None:
+            self.gate.freeze()
+        self.wq.freeze()
+        self.bn_frozen = True
+
+    bn_frozen = False
+
     def forward(self, x):
-        if self.bn is not None and self.training:
+        if self.bn is not None and self.training and not self.bn_frozen:
             y = self._forward_bn_train(x)
         else:
             w, b, _ = self._weights()

@@ -46,7 +46,16 @@ class DJPQMethod(TrainingMethod):
         self.dcfg = config_from_train(cfg)
         self.objective = DJPQObjective(self.dcfg)
 
+    #: first step of the fine-tuning phase (``finetune``), None without one
+    freeze_step: int | None = None
+    frozen = False
+
     def prepare(self, model: nn.Module, cfg, total_steps: int) -> nn.Module:
+        if self.dcfg.finetune > 0:
+            self.freeze_step = int(round(total_steps * (1 - self.dcfg.finetune)))
+            if self.freeze_step < 1:
+                raise ConfigError(f"djpq.finetune={self.dcfg.finetune}: the run's {total_steps} steps leave no step "
+                                  "to learn bits and gates before the fine-tuning phase")
         m = convert(model, None, self.dcfg)
         lr = float(getattr(cfg, "lr", None) or 1e-3)
         opt = getattr(cfg, "optimizer", "adam")
@@ -57,7 +66,14 @@ class DJPQMethod(TrainingMethod):
         set_lr_scales(m, max(q, 1e-6), max(g, 1e-6))
         return m
 
+    def before_step(self, model, step):
+        if self.freeze_step is not None and step >= self.freeze_step and not self.frozen:
+            freeze(_unwrap(model))
+            self.frozen = True
+
     def extra_loss(self, model, step):
+        if self.frozen:  # bits and gates are fixed: the regulariser has nothing left to move
+            return None
         return self.objective(_unwrap(model))
 
     def status(self, model) -> dict:
@@ -79,6 +95,19 @@ class DJPQMethod(TrainingMethod):
         b = export_djpq(_unwrap(model), task, model_ref, test_x, test_y, self.dcfg, metrics, extra)
         print(format_report(b.qspec.extra["djpq"]))
         return b
+
+
+def freeze(model: nn.Module) -> None:
+    """Start DJPQ's fine-tuning phase (``finetune``): every weight layer's gate, bitwidth and
+    folded BatchNorm statistics, and every activation quantizer's format, stop changing; the
+    training forward is then the deployed network and only the weights (and BatchNorm's
+    gamma and beta) learn. The BOPs of the model are final from here on."""
+    from .layers import DJPQLayer
+    from .quant import LearnedQuantizer
+
+    for m in model.modules():
+        if isinstance(m, (DJPQLayer, LearnedQuantizer)):
+            m.freeze()
 
 
 def _unwrap(model):

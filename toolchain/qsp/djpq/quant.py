@@ -205,6 +205,12 @@ class LearnedQuantizer(ScaledParams):
         self.initialized.fill_(True)
         self._flags_cache = None
 
+    def freeze(self) -> None:
+        """Stop learning the step and the range: the format stays what it is (DJPQ's
+        fine-tuning phase); the gradient still reaches ``x``."""
+        self.raw_log_d.requires_grad_(False)
+        self.raw_log_qmax.requires_grad_(False)
+
     # ------------------------------------------------------------------ bits and formats
     def log2_step(self) -> torch.Tensor:
         return self.log_d / LN2

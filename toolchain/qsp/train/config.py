@@ -101,6 +101,10 @@ class TrainConfig:
                           "(init_epochs) and quantizes/prunes from it; or the path of a state_dict (.pt) of the "
                           "model; null: from the seeded random initialisation")
     init_epochs: int | None = _f(None, "epochs of the float model trained by init: float (default: epochs)")
+    distill: float = _f(0.0, "knowledge distillation from the init model (needs init; classification tasks): "
+                        "loss = (1 - distill) * task loss + distill * T^2 * KL(teacher || student) at temperature "
+                        "T = distill_temperature; 0: off")
+    distill_temperature: float = _f(4.0, "softmax temperature of the distillation loss (distill)")
     # ---------------------------------------------------------------- output
     out: str | None = _f(None, "run directory (default: runs/<task>-<timestamp>, with runs/latest pointing at it)")
     resume: bool = _f(False, "continue the run in `out` (default: runs/latest) from its last checkpoint")
@@ -178,6 +182,16 @@ class TrainConfig:
             input_file(self.init, "init ('float' or the path of a state_dict .pt)")  # a FIFO would hang torch.load
         if self.init_epochs is not None and self.init != "float":
             raise ConfigError("init_epochs: only used with init: float")
+        if not (isinstance(self.distill, float) and 0.0 <= self.distill <= 1.0):
+            raise ConfigError(f"distill: {self.distill!r} must be a weight in [0, 1] (0: no distillation)")
+        if not (math.isfinite(self.distill_temperature) and self.distill_temperature > 0):
+            raise ConfigError(f"distill_temperature: {self.distill_temperature!r} must be > 0")
+        if self.distill > 0:
+            if self.init is None:
+                raise ConfigError("distill: the teacher is the init model; set init (float, or a state_dict .pt)")
+            if TASKS[self.task].loss != "cross_entropy":
+                raise ConfigError(f"distill: task {self.task!r} is not a classification task (its loss is "
+                                  f"{TASKS[self.task].loss}); distillation matches class probabilities")
         for k in ("epochs", "batch_size", "max_steps", "train_limit", "test_limit", "threads", "init_epochs"):
             v = getattr(self, k)
             if v is not None and v < 1:
@@ -204,6 +218,10 @@ class TrainConfig:
         if self.model is not None and ":" in self.model:  # checked again (and imported) before it is called
             from .models import check_factory_module
             check_factory_module(self.model)
+        if self.method == "djpq":  # its settings, checked before anything runs
+            from ..djpq.method import config_from_train
+
+            config_from_train(self)
         if self.layers and self.method != "qsparse":
             raise ConfigError(f"layers: per-layer overrides are for method qsparse; {self.method} chooses each "
                               "layer's bits itself (remove 'layers' or use --method qsparse)")

@@ -11,6 +11,7 @@ with exactly the state of an uninterrupted run.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
@@ -101,6 +102,7 @@ class Trainer:
         self.model: nn.Module | None = None
         self.graph_ops: dict[str, int] = {}
         self.optimizer: torch.optim.Optimizer | None = None
+        self.teacher: nn.Module | None = None  # distill: the float init model
 
     # ================================================================== building
     def build(self) -> nn.Module:
@@ -108,6 +110,10 @@ class Trainer:
         model = build_model(self.factory, self.factory_kwargs)
         if self.init_state is not None:
             load_init_state(model, self.init_state)
+        if self.cfg.distill > 0 and self.method.exports:  # the init model, frozen, teaches the quantized one
+            if self.init_state is None:
+                raise ConfigError("distill: the teacher is the init model; set init (float, or a state_dict .pt)")
+            self.teacher = copy.deepcopy(model).to(self.device).eval().requires_grad_(False)
         model = self.method.prepare(model, self.cfg, self.total_steps)
         # before any training: every op exportable, shapes fit (names the module / line)
         self.graph_ops = self.method.check(model.to(self.device), list(self._x.shape[1:]))
@@ -154,8 +160,9 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr_at(step)
         self.model.train()
+        self.method.before_step(self.model, step)
         out = self.model(x)
-        data_loss = loss = self.loss_fn(out, y)
+        data_loss = loss = self.task_loss(out, x, y)
         extra = self.method.extra_loss(self.model, step)
         if extra is not None:
             loss = loss + extra
@@ -170,6 +177,18 @@ class Trainer:
         self.optimizer.step()
         self.method.on_step_end(self.model, step)
         return float(loss.detach())
+
+    def task_loss(self, out, x, y):
+        """The task's loss, or with ``distill`` its mix with the distillation loss (Hinton et
+        al. 2015): ``(1 - a) * loss + a * T^2 * KL(softmax(teacher / T) || softmax(out / T))``."""
+        loss = self.loss_fn(out, y)
+        if self.teacher is None:
+            return loss
+        a, t = self.cfg.distill, self.cfg.distill_temperature
+        with torch.no_grad():
+            soft = F.log_softmax(self.teacher(x).float() / t, dim=1)
+        kd = F.kl_div(F.log_softmax(out.float() / t, dim=1), soft, reduction="batchmean", log_target=True)
+        return (1 - a) * loss + a * t * t * kd
 
     @torch.no_grad()
     def predict(self, x: np.ndarray, batch: int = 1024) -> np.ndarray:

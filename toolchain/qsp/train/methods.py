@@ -10,8 +10,8 @@ A method is a :class:`TrainingMethod` subclass registered with :func:`register_m
         def export(self, model, **kw): ...          # -> qsp.bundle.Bundle
 
 The trainer calls ``prepare`` once on the freshly built model (before the optimizer is
-made and before a checkpoint is loaded into it), ``extra_loss`` and ``on_step_end`` every
-step, ``status`` for the progress bar and log, and ``export`` at the end.
+made and before a checkpoint is loaded into it), ``before_step``, ``extra_loss`` and
+``on_step_end`` every step, ``status`` for the progress bar and log, and ``export`` at the end.
 """
 from __future__ import annotations
 
@@ -83,6 +83,10 @@ class TrainingMethod:
         for n in check_model(model, input_shape):
             ops[n.op] = ops.get(n.op, 0) + 1
         return ops
+
+    def before_step(self, model: nn.Module, step: int) -> None:
+        """Called before the forward pass of training step ``step`` (also the first step
+        after a resume), e.g. to switch to a later phase of the method."""
 
     def on_step_end(self, model: nn.Module, step: int) -> None:
         pass
