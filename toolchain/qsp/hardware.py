@@ -36,15 +36,39 @@ import importlib.util
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
+from .ops import RULES
+
 #: the hls4ml strategies qsp models and builds (qsp-compile adds "auto")
 STRATEGIES = ("Latency", "Resource", "resource_unrolled", "distributed_arithmetic")
-#: ops whose hls4ml layer takes a Strategy / ReuseFactor (the keys of a strategy plan);
-#: scale_shift has none in qsp-compile's config (built fully parallel)
-STRATEGY_OPS = ("linear", "conv2d", "conv1d")
+#: ops whose hls4ml layer takes a Strategy / ReuseFactor (the keys of a strategy plan): the
+#: op rules with ``strategy`` set (linear, conv2d, conv1d); scale_shift has none in
+#: qsp-compile's config (built fully parallel)
+STRATEGY_OPS = tuple(op for op, r in RULES.items() if r.strategy)
+
+
+def _flag(op: str, name: str) -> bool:
+    r = RULES.get(op)
+    return r is not None and bool(getattr(r, name))
+
+
+def unrolled_op(op: str) -> bool:
+    """Whether hls4ml builds ``resource_unrolled`` for ``op``'s layer (Dense only):
+    :attr:`qsp.ops.OpRule.unrolled`."""
+    return _flag(op, "unrolled")
+
+
+#: The board check of a strategy plan: ``fit(graph, board, strategies, available=...)`` ->
+#: a verdict with ``verdict`` ("fits" | "fits with another strategy" | "does not fit"),
+#: ``plan`` / ``alternative`` (each with ``strategies``, ``label`` and ``utilization(board)``)
+#: and ``board``. The estimator's :func:`qsp.estimate.fit_plan` is one; qsp-compile takes it
+#: as an argument (:attr:`qsp.compile.hls4ml_project.CompileOptions.fit`) so that the
+#: compiler never imports a later stage.
+BoardCheck = Callable[..., object]
+
 #: weight sparsity from which a Dense layer is given resource_unrolled (auto)
 SPARSE_RU = 0.5
 
@@ -108,7 +132,7 @@ def valid_reuse_factors(n_in: int, n_out: int, strategy: str | None = None, op: 
     there) only R <= n_in: hls4ml's conv_2d_resource_cl is correct only up to n_in (tried:
     R = 27 on a 9 x 3 kernel changed 10,975 of 12,288 outputs)."""
     rfs = list(_valid_reuse(int(n_in), int(n_out)))
-    if op == "conv2d" and io_type == "io_parallel" and strategy in ("Resource", "resource_unrolled"):
+    if _flag(op, "reuse_at_most_n_in") and io_type == "io_parallel" and strategy in ("Resource", "resource_unrolled"):
         return [r for r in rfs if r <= n_in]
     if strategy == "resource_unrolled" and len(rfs) > 1:
         rfs.pop()
@@ -137,16 +161,11 @@ def _valid_reuse(n_in: int, n_out: int) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------- the rule
 def latency_only(node) -> str:
     """Why only ``Latency`` with reuse factor 1 can be built for ``node`` (a bundle graph
-    node), or "" when every strategy can: a depthwise conv is hls4ml's DepthwiseConv2D, a
-    grouped conv qsp's QspGroupedConv2d, scale_shift qsp's QspScaleShift, all fully parallel."""
-    if node.op == "conv2d" and max(int(getattr(node, "groups", 1) or 1), 1) > 1:
-        return ("depthwise conv: hls4ml's DepthwiseConv2D, built with Latency" if node.depthwise else
-                "grouped conv: qsp's QspGroupedConv2d, built with Latency")
-    if node.op == "scale_shift":
-        return "scale_shift: qsp's QspScaleShift, elementwise, fully parallel"
-    if node.op == "conv1d":
-        return "conv1d: hls4ml's Conv1D, built with Latency (the one strategy qsp verified bit-exact for it)"
-    return ""
+    node), or "" when every strategy can (:meth:`qsp.ops.OpRule.latency_only`: a depthwise
+    conv is hls4ml's DepthwiseConv2D, a grouped conv qsp's QspGroupedConv2d, scale_shift
+    qsp's QspScaleShift, all fully parallel; conv1d is verified with Latency only)."""
+    r = RULES.get(node.op)
+    return r.latency_only(node) if r is not None else ""
 
 
 @dataclass(frozen=True)
@@ -177,7 +196,7 @@ def layer_facts(bundle, names: Iterable[str] | None = None) -> list[LayerFacts]:
         if n is None or n.op not in STRATEGY_OPS:
             continue
         w = np.asarray(bundle.weight(name))
-        n_in, n_out = (n.in_features, n.out_features) if n.op == "linear" else (int(np.prod(w.shape[1:])), n.out_channels)
+        n_in, n_out = RULES[n.op].kernel_io(n, w)
         out.append(LayerFacts(name, n.op, int(n_in), int(n_out), int(w.size), int(np.count_nonzero(w)), latency_only(n)))
     return out
 
@@ -203,7 +222,7 @@ def rule_strategies(layers: Iterable[LayerFacts], board=None, io_type: str = "io
         elif strategy == "auto":
             if da:
                 out[f.name] = LayerStrategy("distributed_arithmetic", 1, "da4ml available: shift-add, zeros free")
-            elif f.op == "linear" and io_type == "io_parallel" and f.sparsity >= SPARSE_RU and unrolled_ok:
+            elif unrolled_op(f.op) and io_type == "io_parallel" and f.sparsity >= SPARSE_RU and unrolled_ok:
                 out[f.name] = LayerStrategy("resource_unrolled", rf("resource_unrolled", 2),
                                             f"{f.sparsity:.0%} pruned: multipliers only for nonzero weights")
             elif dsp_budget is not None and f.nonzeros > dsp_budget:
@@ -211,7 +230,7 @@ def rule_strategies(layers: Iterable[LayerFacts], board=None, io_type: str = "io
                                             f"{f.nonzeros} multipliers > {dsp_budget} DSPs")
             else:
                 out[f.name] = LayerStrategy("Latency", 1, "fully parallel")
-        elif strategy == "resource_unrolled" and f.op != "linear":
+        elif strategy == "resource_unrolled" and not unrolled_op(f.op):
             out[f.name] = LayerStrategy("Latency", 1, "resource_unrolled is Dense-only in hls4ml")
         elif strategy in ("Resource", "resource_unrolled"):
             out[f.name] = LayerStrategy(strategy, rf(strategy, 2), "--strategy")

@@ -13,6 +13,11 @@
   mask``). Each quantized tensor is counted once, however many nodes read it (fan-out);
 * performance density = task metric / (weight + activation footprint in Mb, 10^6 bits).
 
+Which nodes are weight layers and how many weights / biases / nonzero weights each has are
+the op's facts (:attr:`qsp.ops.OpRule.weighted`, :meth:`~qsp.ops.OpRule.weight_count`,
+:meth:`~qsp.ops.OpRule.bias_count`, :meth:`~qsp.ops.OpRule.weight_nonzeros`), defined next
+to the op.
+
 The float reference counts 32 bits for every weight and every element at the same
 activation points. Works on a :class:`~qsp.bundle.Bundle` (exact mask counts from
 masks.npz) or on a bare :class:`~qsp.bundle.QSpec` (counts from each mask's sparsity).
@@ -24,12 +29,16 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .schema import Conv2dNode, LinearNode, MaskNode, QSpec, QuantNode, ScaleShiftNode, consumers, producers
-
-#: nodes whose ``weight`` tensor counts in the weight footprint
-WEIGHT_NODES = (LinearNode, Conv2dNode, ScaleShiftNode)
+from ..ops import RULES
+from .schema import MaskNode, QSpec, QuantNode, consumers, producers
 
 FLOAT_BITS = 32
+
+
+def _weight_rule(n):
+    """The op rule of ``n`` when its ``weight`` tensor counts in the weight footprint."""
+    r = RULES.get(n.op)
+    return r if r is not None and r.weighted else None
 
 
 @dataclass
@@ -97,27 +106,6 @@ def _spec_and_masks(obj):
     return obj.qspec, obj.masks, obj.weights  # a Bundle
 
 
-def _weight_count(n) -> int:
-    if isinstance(n, LinearNode):
-        return n.in_features * n.out_features
-    if isinstance(n, ScaleShiftNode):
-        return int(n.channels)
-    return n.out_channels * (n.in_channels // max(int(n.groups), 1)) * int(np.prod(n.kernel_size))
-
-
-def _bias_count(n) -> int:
-    if isinstance(n, ScaleShiftNode):
-        return int(n.channels)
-    return n.out_features if isinstance(n, LinearNode) else n.out_channels
-
-
-def _weight_nonzeros(n, weights) -> int:
-    if isinstance(n, ScaleShiftNode):  # no count in the qspec: the array, else all channels
-        w = None if weights is None else weights.get(f"{n.name}.weight")
-        return int(np.count_nonzero(w)) if w is not None else int(n.channels)
-    return int(n.nonzeros)
-
-
 def _mask_nonzeros(n: MaskNode, masks) -> int:
     key = f"{n.name}.mask"
     if masks is not None and key in masks:
@@ -152,10 +140,11 @@ def footprint(obj) -> Footprint:
     g = spec.graph
     prod, cons = producers(g), consumers(g)
     for i, n in enumerate(g):
-        if isinstance(n, WEIGHT_NODES):
-            layers.append(LayerFootprint(n.name, n.op, n.weight.bits, _weight_count(n), _weight_nonzeros(n, weights)))
+        r = _weight_rule(n)
+        if r is not None:
+            layers.append(LayerFootprint(n.name, n.op, n.weight.bits, r.weight_count(n), r.weight_nonzeros(n, weights)))
             if n.bias is not None:
-                bias_bits += n.bias.bits * _bias_count(n)
+                bias_bits += n.bias.bits * r.bias_count(n)
         elif isinstance(n, QuantNode):
             elems = math.prod(n.out_shape)
             m = point_mask(g, i, prod, cons)
@@ -175,11 +164,12 @@ def float_footprint(obj, bits: int = FLOAT_BITS) -> Footprint:
     layers, points = [], []
     bias_bits = 0
     for n in spec.graph:
-        if isinstance(n, WEIGHT_NODES):
-            w = _weight_count(n)
+        r = _weight_rule(n)
+        if r is not None:
+            w = r.weight_count(n)
             layers.append(LayerFootprint(n.name, n.op, bits, w, w))
             if n.bias is not None:
-                bias_bits += bits * _bias_count(n)
+                bias_bits += bits * r.bias_count(n)
         elif isinstance(n, QuantNode):
             e = math.prod(n.out_shape)
             points.append(LayerFootprint(n.name, n.op, bits, e, e))

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..ops import RULES
 from .io import Bundle
 from .schema import Conv2dNode, LinearNode, Node, consumers
 
-#: per-unit ops between a producer and the next layer: unit u stays unit u, 0 stays 0
-UNIT_OPS = {"relu", "quantize", "mask", "maxpool2d", "maxpool1d"}
+#: per-unit ops between a producer and the next layer: unit u stays unit u, 0 stays 0 (the
+#: op rules with ``per_unit``: relu, quantize, mask, maxpool2d, maxpool1d)
+UNIT_OPS = {op for op, r in RULES.items() if r.per_unit}
 WEIGHTED = (LinearNode, Conv2dNode)
 
 

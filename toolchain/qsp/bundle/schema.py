@@ -779,4 +779,5 @@ def node_problem(n: Node) -> str:
     elif isinstance(n, MaskNode):
         if not 0 <= n.sparsity <= 1:
             return f"sparsity {n.sparsity!r} must lie in [0, 1]"
-    return ""
+    own = getattr(n, "problem", None)  # a node type defined with its op (qsp.ops) checks itself
+    return own() if callable(own) else ""

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..ops import RULES
 from .graph import WEIGHTED, consumer_cols, find_link, link_after, refresh_counts, remove_units
 from .io import Bundle
 from .schema import LinearNode, drop_nodes
@@ -140,7 +141,9 @@ class RemoveDead(Transformation):
         return b.validate()
 
 class FlattenLast(Transformation):
-    MOVABLE = ("relu", "quantize", "clip")
+    #: elementwise ops a flatten moves across (the op rules with ``elementwise``: relu,
+    #: quantize, clip)
+    MOVABLE = tuple(op for op, r in RULES.items() if r.elementwise)
 
     def __init__(self):
         super().__init__("flatten_last")

@@ -229,7 +229,7 @@ def _apply(d: dict, derived: dict, bundle, plan, opts: CompileOptions, where: st
         why = hardware.unbuildable_reason(s, opts.board)
         if why:
             raise ConfigError(f"{where}: {key}.Strategy: {why.replace('--strategy ', '')}")
-        if s == "resource_unrolled" and f.op != "linear":
+        if s == "resource_unrolled" and not hardware.unrolled_op(f.op):
             raise ConfigError(f"{where}: {key}.Strategy: resource_unrolled is Dense-only in hls4ml ({name} is {f.op})")
         valid = hardware.valid_reuse_factors(f.n_in, f.n_out, s, f.op, opts.io_type)
         if s in ("Resource", "resource_unrolled") and rf < 2:

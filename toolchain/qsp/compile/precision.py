@@ -27,34 +27,51 @@ the exact format of their inputs (fraction bits of the finest, integer bits wide
 sum cannot overflow); they cast, so a quantize node after them folds into them.
 
 Layer names are the bundle's node names (hls4ml takes them from the deploy model).
+
+This module is a driver (the folding of quantize nodes above); each op's types
+(:meth:`qsp.ops.OpRule.types`) and its HLS mapping (``hls_class``, ``casting``,
+``commuting``, ``producer``) are defined once, in the op's module of :mod:`qsp.ops`.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from ..bundle.schema import GRAPH_INPUT, Node, QuantNode, consumers, sequential_inputs
 from ..errors import BundleError, UnsupportedLayerError
-from ..fixedpoint import (FixedFormat, accumulator_format, ceil_log2, code_range, format_for_codes,
-                          widen_to_cover)
-from ..registry import Registry
+from ..fixedpoint import FixedFormat
+from ..ops import REQUANT, RULES, LayerTypes, OpRule
 
-#: ops that quantization commutes with (monotone, 0 -> 0, elementwise or a selection)
-COMMUTING = {"relu", "mask", "maxpool2d", "maxpool1d", "flatten", "pixel_shuffle", "clip"}
-PRODUCERS = {"linear", "conv2d", "conv1d", "add", "scale_shift"}
-#: ops whose hls4ml/qsp implementation casts its output to ``result`` (so a quantize can fold)
-CASTING = {"linear", "conv2d", "conv1d", "relu", "mask", "maxpool2d", "avgpool2d", "maxpool1d", "avgpool1d",
-           "pixel_shuffle", "requant", "add",
-           "concat", "clip", "scale_shift", "leaky_relu"}
+
+def _rule(op: str) -> OpRule | None:
+    return REQUANT if op == "requant" else RULES.get(op)
+
+
+def _flag(op: str, name: str) -> bool:
+    r = _rule(op)
+    return r is not None and bool(getattr(r, name))
+
+
+class _HlsClasses(Mapping):
+    """op -> hls4ml's class of its deploy layer (a live view of the op rules' ``hls_class``)."""
+
+    def _all(self) -> dict[str, str]:
+        return {"input": "Input", REQUANT.op: REQUANT.hls_class, **{op: r.hls_class for op, r in RULES.items()}}
+
+    def __getitem__(self, op):
+        return self._all()[op]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self):
+        return len(self._all())
+
+
 #: hls4ml's class of each deploy layer (for the table and the estimator)
-HLS_CLASS = {"linear": "Dense", "conv2d": "Conv2D", "conv1d": "Conv1D", "relu": "Activation", "mask": "QspMask",
-             "maxpool2d": "Pooling2D", "avgpool2d": "Pooling2D", "maxpool1d": "Pooling1D", "avgpool1d": "Pooling1D",
-             "flatten": "Reshape",
-             "pixel_shuffle": "QspDepthToSpace", "requant": "QspRequant", "input": "Input",
-             "add": "Merge", "concat": "Concatenate", "leaky_relu": "LeakyReLU", "clip": "QspClip", "scale_shift": "QspScaleShift",
-             "dwconv2d": "DepthwiseConv2D", "gconv2d": "QspGroupedConv2d"}
+HLS_CLASS = _HlsClasses()
 
 
 @dataclass
@@ -127,22 +144,6 @@ class PrecisionPlan:
 
 
 # ---------------------------------------------------------------------------- helpers
-def weight_format(node) -> FixedFormat:
-    return widen_to_cover(node.weight.formats())
-
-
-def nonzero_fan_in(node, w: np.ndarray) -> int:
-    """The largest number of nonzero weights feeding one output."""
-    return int(np.max(np.count_nonzero(w.reshape(w.shape[0], -1), axis=1))) if w.size else 0
-
-
-def relu_format(f: FixedFormat) -> FixedFormat:
-    """Exact type of max(x, 0) for x of format f."""
-    if not f.signed or f.bits < 2:
-        return f
-    return FixedFormat(f.bits - 1, f.frac, False, f.rounding)
-
-
 def _hoist_targets(graph: list[Node]) -> dict[str, tuple[FixedFormat, str]]:
     """node name -> (folded quantizer format, quantize node name) for every node that a
     quantize node is hoisted into (a producer and the commuting nodes after it, each read
@@ -154,10 +155,10 @@ def _hoist_targets(graph: list[Node]) -> dict[str, tuple[FixedFormat, str]]:
         if not isinstance(n, QuantNode) or i == 0:
             continue
         chain, j = [], by_name.get(n.inputs[0])
-        while j is not None and j.op in COMMUTING and j.name not in post and len(cons[j.name]) == 1:
+        while j is not None and _flag(j.op, "commuting") and j.name not in post and len(cons[j.name]) == 1:
             chain.append(j)
             j = by_name.get(j.inputs[0])
-        if j is not None and j.op in PRODUCERS and j.name not in post and len(cons[j.name]) == 1:
+        if j is not None and _flag(j.op, "producer") and j.name not in post and len(cons[j.name]) == 1:
             for k in [j] + chain:
                 post[k.name] = (n.format, n.name)
             post[n.name] = None  # hoisted away
@@ -166,19 +167,7 @@ def _hoist_targets(graph: list[Node]) -> dict[str, tuple[FixedFormat, str]]:
     return post
 
 
-# ---------------------------------------------------------------------------- handlers
-Handler = Callable[["_State", Node, "FixedFormat | None"], LayerPrecision]
-_HANDLERS: dict[str, Handler] = Registry("precision handler")
-handles = _HANDLERS.register
-
-
-@dataclass
-class _State:
-    bundle: object
-    cur: FixedFormat  # the first input's format
-    ins: list = field(default_factory=list)  # every input's format
-
-
+# ---------------------------------------------------------------------------- one layer
 def _finish(lp: LayerPrecision, exact: FixedFormat, post) -> LayerPrecision:
     if post is not None:
         lp.result, lp.result_rounds, lp.post = post[0], True, post[0]
@@ -188,116 +177,16 @@ def _finish(lp: LayerPrecision, exact: FixedFormat, post) -> LayerPrecision:
     return lp
 
 
-@handles("linear", "conv2d", "conv1d")
-def _weight_layer(st: _State, n, post):
-    w = st.bundle.weight(n.name)
-    wf = weight_format(n)
-    fan_in = int(np.prod(w.shape[1:]))
-    acc = accumulator_format(st.cur, wf, fan_in, n.bias, nonzero_fan_in=nonzero_fan_in(n, w))
-    lp = LayerPrecision(n.name, n.op, acc, weight=wf, bias=n.bias, accum=acc, node=n.name)
-    if n.op == "conv2d" and n.groups > 1:
-        lp.hls_class = HLS_CLASS["dwconv2d" if n.depthwise and n.in_channels == n.out_channels else "gconv2d"]
-    if n.bias is None:  # hls4ml adds a zero bias; give it a 1-bit type
-        lp.bias = FixedFormat(1, 0, True)
-    return _finish(lp, acc, post)
-
-
-@handles("relu")
-def _relu(st, n, post):
-    return _finish(LayerPrecision(n.name, n.op, st.cur, node=n.name), relu_format(st.cur), post)
-
-
-@handles("clip")
-def _clip(st, n, post):
-    c = st.cur
-    lo, hi = (int(round(v * 2 ** c.frac)) for v in (n.lo, n.hi))
-    exact = format_for_codes(max(lo, c.int_min), min(hi, c.int_max), c.frac)
-    return _finish(LayerPrecision(n.name, n.op, exact, node=n.name), exact, post)
-
-
-@handles("leaky_relu")
-def _leaky(st, n, post):
-    """hls4ml's LeakyReLU (ParametrizedActivation): x above 0, alpha * x below (product at
-    full width), one cast to result; the slope is on the ``param`` grid already."""
-    c, pf = st.cur, n.param.frac
-    a = int(round(float(n.slope) * 2 ** pf))
-    lo, hi = (c.int_min * a, c.int_max << pf) if c.signed else (0, c.int_max << pf)
-    exact = format_for_codes(min(lo, 0), hi, c.frac + pf)
-    lp = LayerPrecision(n.name, n.op, exact, node=n.name)
-    lp.param = n.param
-    return _finish(lp, exact, post)
-
-
-@handles("add")
-def _add(st, n, post):
-    frac = max(f.frac for f in st.ins)
-    lo = sum(code_range(f, frac)[0] for f in st.ins)
-    hi = sum(code_range(f, frac)[1] for f in st.ins)
-    exact = format_for_codes(lo, hi, frac)
-    return _finish(LayerPrecision(n.name, n.op, exact, node=n.name), exact, post)
-
-
-@handles("concat")
-def _concat(st, n, post):
-    frac = max(f.frac for f in st.ins)
-    lo = min(code_range(f, frac)[0] for f in st.ins)
-    hi = max(code_range(f, frac)[1] for f in st.ins)
-    exact = format_for_codes(lo, hi, frac)
-    return _finish(LayerPrecision(n.name, n.op, exact, node=n.name), exact, post)
-
-
-@handles("scale_shift")
-def _scale_shift(st, n, post):
-    c, sf, bf = st.cur, n.weight, n.bias
-    sc = np.abs(st.bundle.weight(n.name)) * 2.0 ** sf.frac
-    frac = max(c.frac + sf.frac, bf.frac)
-    xmax = max(abs(c.int_min), abs(c.int_max))
-    bound = int(np.max(sc)) * xmax << (frac - c.frac - sf.frac)
-    bound += max(abs(bf.int_min), abs(bf.int_max)) << (frac - bf.frac)
-    exact = format_for_codes(-bound, bound, frac)
-    lp = LayerPrecision(n.name, n.op, exact, weight=sf, bias=bf, node=n.name, weight_key="scale")
-    return _finish(lp, exact, post)
-
-
-@handles("mask", "flatten", "pixel_shuffle")
-def _same(st, n, post):
-    return _finish(LayerPrecision(n.name, n.op, st.cur, node=n.name), st.cur, post)
-
-
-@handles("maxpool2d", "maxpool1d")
-def _maxpool(st, n, post):
-    lp = _finish(LayerPrecision(n.name, n.op, st.cur, node=n.name), st.cur, post)
-    lp.accum = lp.result
+def _layer(bundle, n, r: OpRule, ins: list[FixedFormat], post) -> LayerPrecision:
+    """The deploy layer of node ``n`` from its rule's types and the folded quantizer ``post``
+    ((format, quantize node name) or None)."""
+    t: LayerTypes = r.types(bundle, n, ins, post[0] if post is not None else None)
+    lp = LayerPrecision(n.name, r.op, t.result, weight=t.weight, bias=t.bias, accum=t.accum, node=n.name,
+                        weight_key=t.weight_key, hls_class=t.hls_class, param=t.param)
+    lp = _finish(lp, t.result, post)
+    if t.accum_is_result:
+        lp.accum = lp.result
     return lp
-
-
-@handles("avgpool2d", "avgpool1d")
-def _avgpool(st, n, post):
-    cnt = int(np.prod(n.kernel_size))
-    lg = ceil_log2(cnt)
-    c = st.cur
-    if post is None:
-        if 2 ** lg != cnt:
-            raise UnsupportedLayerError(
-                f"node {n.name!r} ({n.op}): a {n.kernel_size} window mean is not a fixed-point value; "
-                "quantize its output (add a quantizer after the pooling) to compile it")
-        exact = FixedFormat(c.bits + lg, c.frac + lg, c.signed)
-        # the window sum needs lg more integer bits than the mean (hls4ml sums in accum)
-        acc = FixedFormat(c.bits + 2 * lg, c.frac + lg, c.signed)
-    else:
-        # the window sum goes to accum, is divided keeping accum's fraction bits (truncation
-        # toward zero), then cast to result: exact when accum keeps enough fraction bits
-        frac = (c.frac + lg) if 2 ** lg == cnt else max(c.frac, post[0].frac + 1) + lg
-        acc = FixedFormat(c.integer + (0 if c.signed else 1) + lg + frac, frac, True)  # + a sign bit for unsigned input
-        exact = acc
-    lp = _finish(LayerPrecision(n.name, n.op, exact, accum=acc, node=n.name), exact, post)
-    return lp
-
-
-@handles("requant")
-def _requant(st, n, post):
-    # a standalone quantize node: always has post
-    return _finish(LayerPrecision(n.name, "requant", st.cur, node=n.name), st.cur, post)
 
 
 def derive(bundle) -> PrecisionPlan:
@@ -326,7 +215,7 @@ def derive(bundle) -> PrecisionPlan:
         layer_of[graph[0].name] = fan.name
     for n in graph[1:]:
         src = n.inputs[0]
-        if n.op == "flatten" and layer_of[src] == "input" and not layers and len(cons[src]) == 1:
+        if _flag(n.op, "host_reshape") and layer_of[src] == "input" and not layers and len(cons[src]) == 1:
             plan.host_reshape.append(n.name)
             plan.input_shape = list(n.out_shape)
             fmt[n.name], layer_of[n.name] = fmt[src], "input"
@@ -337,39 +226,39 @@ def derive(bundle) -> PrecisionPlan:
                 fmt[n.name], layer_of[n.name] = n.format, layer_of[src]
                 continue
             prev = by_layer.get(layer_of[src])
-            if prev is not None and prev.op in CASTING and prev.post is None and len(cons[src]) == 1 \
+            if prev is not None and _flag(prev.op, "casting") and prev.post is None and len(cons[src]) == 1 \
                     and prev.name == src:
                 # fold into the cast of the layer before
                 prev.result, prev.result_rounds, prev.post = n.format, True, n.format
                 prev.folded.append(n.name)
-                if prev.op in ("avgpool2d", "avgpool1d"):  # its accumulator depends on the rounding
-                    new = _avgpool(_State(bundle, prev.input_format), graph[[g.name for g in graph].index(src)],
-                                   (n.format, n.name))
+                if _flag(prev.op, "post_sensitive"):  # its types depend on the rounding (avgpool's accumulator)
+                    new = _layer(bundle, graph[[g.name for g in graph].index(src)], _rule(prev.op),
+                                 [prev.input_format], (n.format, n.name))
                     new.input_format, new.inputs = prev.input_format, prev.inputs
                     layers[layers.index(prev)] = by_layer[prev.name] = new
                 fmt[n.name], layer_of[n.name] = n.format, prev.name
                 continue
-            lp = _requant(_State(bundle, fmt[src]), n, (n.format, n.name))
+            lp = _layer(bundle, n, REQUANT, [fmt[src]], (n.format, n.name))
             lp.input_format, lp.node, lp.post = fmt[src], n.name, None  # its own output is the reference
             lp.inputs = [layer_of[src]]
             layers.append(lp)
             by_layer[lp.name] = lp
             fmt[n.name], layer_of[n.name] = n.format, n.name
             continue
-        handler = _HANDLERS.get(n.op)
-        if handler is None:
+        rule = RULES.get(n.op)
+        if rule is None:
             raise UnsupportedLayerError(f"node {n.name!r}: op {n.op!r} is not supported by qsp-compile "
-                                        f"(supported: {sorted(_HANDLERS)})")
+                                        f"(supported: {sorted(RULES)})")
         ins = [fmt[x] for x in n.inputs]
         p = posts.get(n.name)
         reader = cons[n.name][0] if len(cons[n.name]) == 1 else None
-        while reader is not None and reader.op in COMMUTING and len(cons[reader.name]) == 1:
+        while reader is not None and _flag(reader.op, "commuting") and len(cons[reader.name]) == 1:
             reader = cons[reader.name][0]  # a quantize behind flatten/relu/... still folds here
-        if p is None and n.op in CASTING and isinstance(reader, QuantNode) and posts.get(reader.name) is not None:
+        if p is None and rule.casting and isinstance(reader, QuantNode) and posts.get(reader.name) is not None:
             # the quantize node that alone reads this casting layer folds into its cast
             p = posts[reader.name]
             posts[reader.name] = None
-        lp = handler(_State(bundle, ins[0], ins), n, p)
+        lp = _layer(bundle, n, rule, ins, p)
         lp.input_format = ins[0]
         lp.inputs = [layer_of[x] for x in n.inputs]
         layers.append(lp)

@@ -36,7 +36,7 @@ from ..bundle.footprint import float_footprint, footprint
 from ..bundle.schema import GRAPH_INPUT
 from ..fixedpoint import ceil_log2
 from ..hardware import (SPARSE_RU, STRATEGIES, STRATEGY_OPS, LayerFacts, LayerStrategy,  # noqa: F401 - SPARSE_RU re-exported
-                        buildable_strategies, rule_strategies, smallest_valid_reuse)
+                        buildable_strategies, rule_strategies, smallest_valid_reuse, unrolled_op)
 from . import energy as E
 from .counts import FLOAT_BITS, GraphCounts, NodeCounts, count_graph
 from .resources import Resources, buildable, critical_path, layer_resources
@@ -295,7 +295,7 @@ def candidate_plans(counts: GraphCounts, board: Board) -> list[tuple[str, dict]]
         for strat in ("resource_unrolled", "Resource"):
             p = dict(fixed)
             for n in free:
-                s = strat if (strat == "Resource" or n.op == "linear") else "Resource"
+                s = strat if (strat == "Resource" or unrolled_op(n.op)) else "Resource"
                 p[n.name] = LayerStrategy(s, _smallest_reuse(n, target, s))
             plans.append((f"{strat} reuse<={target}", p))
         if target >= biggest:
@@ -400,7 +400,7 @@ class HardwareGraph:
                     folded, removed = folded + 1, removed + 1
                 elif int((hardware.mask(n.name) == 0).sum()) < zeros:
                     folded += 1
-            elif n.op in ("linear", "conv2d", "conv1d") and h is not None:
+            elif n.op in STRATEGY_OPS and h is not None:
                 d = _units(n) - _units(h)
                 feats, chans = (feats + d, chans) if n.op == "linear" else (feats, chans + d)
         return cls(tuple(steps), folded, removed, feats, chans, list(log))
@@ -507,7 +507,7 @@ def original_float_baseline(bundle, ffp, weight_layers) -> tuple[int, int, str]:
     for n in bundle.graph:
         ins = n.inputs or [GRAPH_INPUT]
         r = ratio.get(ins[0], Fraction(1))
-        if n.op in ("linear", "conv2d", "conv1d"):
+        if n.op in STRATEGY_OPS:  # the Dense/Conv layers
             rm = removed.get(n.name)
             r_out = Fraction(int(rm["original"]), len(rm["kept"])) if rm else Fraction(1)
             scale[n.name], ratio[n.name] = r * r_out, r_out

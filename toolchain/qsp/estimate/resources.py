@@ -75,55 +75,20 @@ interval the largest layer II.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 from ..fixedpoint import ceil_log2
-from ..hardware import (STRATEGIES, STRATEGY_OPS, LayerStrategy, smallest_valid_reuse,  # noqa: F401 - re-exported
-                        valid_reuse_factors)
+from ..hardware import STRATEGIES, STRATEGY_OPS, LayerStrategy, smallest_valid_reuse, valid_reuse_factors
+from ..ops import RULES, Resources
+from ..ops.base import ADDS_PER_STAGE, DSP_MIN_PRODUCT, dsps_per_multiply, lut_multiplier, multipliers, uses_dsp
 from ..registry import Registry
 from .counts import NodeCounts
 
-DSP_MIN_PRODUCT = 100  # b_w * b_a from which a multiply goes to a DSP (10 x 10)
 BRAM_MIN_DEPTH = 64
 BRAM_MIN_BITS = 1024
-ADDS_PER_STAGE = 4  # adder-tree levels per pipeline stage at ~100-200 MHz
 
-
-@dataclass
-class Resources:
-    dsp: int = 0
-    lut: int = 0
-    ff: int = 0
-    bram18: int = 0
-    latency_cycles: int = 0
-    ii_cycles: int = 1
-    multipliers: int = 0
-    mult_kind: str = ""  # "DSP" | "LUT" | "shift-add" | ""
-
-    def __add__(self, o: "Resources") -> "Resources":
-        return Resources(self.dsp + o.dsp, self.lut + o.lut, self.ff + o.ff, self.bram18 + o.bram18,
-                         self.latency_cycles + o.latency_cycles, max(self.ii_cycles, o.ii_cycles),
-                         self.multipliers + o.multipliers, "")
-
-    def usage(self) -> dict[str, int]:
-        return {"LUT": self.lut, "FF": self.ff, "DSP": self.dsp, "BRAM18": self.bram18}
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def dsps_per_multiply(b_w: int, b_a: int, dsp_width: tuple[int, int]) -> int:
-    a, b = dsp_width
-    wide, narrow = max(b_w, b_a), min(b_w, b_a)
-    return math.ceil(wide / a) * math.ceil(narrow / b)
-
-
-def uses_dsp(b_w: int, b_a: int) -> bool:
-    return b_w * b_a >= DSP_MIN_PRODUCT
-
-
-def lut_multiplier(b_w: int, b_a: int) -> int:
-    return math.ceil(b_w * b_a / 2) + b_w + b_a
+__all__ = ["Resources", "DSP_MIN_PRODUCT", "ADDS_PER_STAGE", "BRAM_MIN_DEPTH", "BRAM_MIN_BITS", "dsps_per_multiply",
+           "uses_dsp", "lut_multiplier", "buildable", "critical_path", "layer_resources", "STRATEGIES",
+           "STRATEGY_OPS", "LayerStrategy", "smallest_valid_reuse", "valid_reuse_factors"]
 
 
 # ----------------------------------------------------------------------------- weight layers
@@ -132,23 +97,8 @@ weight_model = _WEIGHT_MODELS.register
 
 
 def _kernel_nonzeros(n: NodeCounts) -> int:
-    """Constant multiplies of one kernel instance: a Dense layer's nonzero weights that meet
-    a statically nonzero input (a masked input is a constant zero HLS propagates); a Conv
-    kernel is shared by all pixels, so all its nonzero weights."""
-    return n.weight.macs if n.op == "linear" else n.weight.nonzeros
-
-
-def _mults(n: NodeCounts, count: int, const: bool, dsp_width) -> tuple[int, int, str]:
-    """(DSPs, LUTs, kind) of ``count`` multipliers of this layer."""
-    w = n.weight
-    bw, ba = w.weight_bits, w.in_format.bits
-    if uses_dsp(bw, ba):
-        return count * dsps_per_multiply(bw, ba, dsp_width), 0, "DSP"
-    if const:
-        # shift-add per constant; average CSD digits over the layer's nonzero weights
-        avg_csd = w.csd_digits / max(w.nonzeros, 1)
-        return 0, math.ceil(count * max(avg_csd - 1, 0) * (ba + math.ceil(bw / 2))), "LUT"
-    return 0, count * lut_multiplier(bw, ba), "LUT"
+    """Constant multiplies of one kernel instance (:meth:`qsp.ops.OpRule.kernel_constants`)."""
+    return RULES[n.op].kernel_constants(n.weight)
 
 
 def _latency(n: NodeCounts, reuse: int, kind: str) -> tuple[int, int]:
@@ -172,7 +122,7 @@ def _weight_rom(n: NodeCounts, reuse: int, count_weights: int) -> tuple[int, int
 def _latency_model(n: NodeCounts, st: LayerStrategy, dsp_width) -> Resources:
     w = n.weight
     count = _kernel_nonzeros(n)
-    dsp, lut, kind = _mults(n, count, True, dsp_width)
+    dsp, lut, kind = multipliers(n, count, True, dsp_width)
     acc = w.acc_format.bits
     adders = max(count - w.n_out, 0) + (w.n_out if w.biases else 0)
     lut += adders * min(acc, w.weight_bits + w.in_format.bits + 1)
@@ -185,7 +135,7 @@ def _reused(n: NodeCounts, st: LayerStrategy, dsp_width, count_weights: int) -> 
     w = n.weight
     r = max(int(st.reuse_factor), 1)
     count = math.ceil(count_weights / r)
-    dsp, lut, kind = _mults(n, count, False, dsp_width)
+    dsp, lut, kind = multipliers(n, count, False, dsp_width)
     acc = w.acc_format.bits
     lut += count * acc + w.n_out * acc  # accumulators + final sum per output
     bram, rom_lut = _weight_rom(n, r, count_weights)
@@ -218,84 +168,9 @@ def _da_model(n: NodeCounts, st, dsp_width) -> Resources:
 
 
 # ----------------------------------------------------------------------------- other layers
-_OTHER_MODELS = Registry("resource model")
-other_model = _OTHER_MODELS.register
-
-
-@other_model("relu")
-def _relu(n: NodeCounts) -> Resources:
-    b = n.out_format.bits
-    return Resources(0, n.out_nonzero * math.ceil(b / 2), n.out_nonzero * b, 0, 0, 1)
-
-
-@other_model("mask", "flatten", "pixel_shuffle")
-def _free(n: NodeCounts) -> Resources:
-    return Resources(0, 0, 0, 0, 0, 1)
-
-
-@other_model("quantize")
-def _quant(n: NodeCounts) -> Resources:
-    b = n.out_format.bits
-    return Resources(0, n.out_nonzero * b, n.out_nonzero * b, 0, 0, 1)
-
-
-@other_model("maxpool2d", "maxpool1d")
-def _maxpool(n: NodeCounts) -> Resources:
-    b = n.out_format.bits
-    per = (n.pool - 1) * 2 * b
-    return Resources(0, n.out_nonzero * per, n.out_nonzero * b, 0, 1 + ceil_log2(n.pool) // 2, 1)
-
-
-@other_model("avgpool2d", "avgpool1d")
-def _avgpool(n: NodeCounts) -> Resources:
-    b = n.out_format.bits
-    return Resources(0, n.out_nonzero * (n.pool - 1) * b, n.out_nonzero * b, 0, 1 + ceil_log2(n.pool) // 2, 1)
-
-
-@other_model("add")
-def _add(n: NodeCounts) -> Resources:
-    """k - 1 adders of b bits per alive output element (LUTs, no DSP)."""
-    b = n.out_format.bits
-    k = len(n.inputs) if n.inputs else 2
-    return Resources(0, n.out_nonzero * (k - 1) * b, n.out_nonzero * b, 0,
-                     math.ceil(ceil_log2(k) / ADDS_PER_STAGE), 1)
-
-
-@other_model("concat")
-def _concat(n: NodeCounts) -> Resources:
-    """Wiring."""
-    return Resources(0, 0, 0, 0, 0, 1)
-
-
-@other_model("leaky_relu")
-def _leaky(n: NodeCounts) -> Resources:
-    """A comparator, a constant multiply (shift-adds in LUTs) and a mux per element."""
-    b = n.out_format.bits
-    return Resources(0, n.out_nonzero * 3 * b, n.out_nonzero * b, 0, 1, 1)
-
-
-@other_model("clip")
-def _clip(n: NodeCounts) -> Resources:
-    """Two comparators against constants and two muxes: b LUTs per bound per element."""
-    b = n.out_format.bits
-    return Resources(0, n.out_nonzero * 2 * b, n.out_nonzero * b, 0, 0, 1)
-
-
-def _scale_shift_model(n: NodeCounts, st: LayerStrategy, dsp_width) -> Resources:
-    """One constant multiplier per alive element with a nonzero scale, one adder per alive
-    output element (the kernel is unrolled over all elements); Latency only."""
-    w = n.weight
-    count = w.macs
-    dsp, lut, kind = _mults(n, count, True, dsp_width)
-    acc = w.acc_format.bits
-    lut += n.out_nonzero * min(acc, w.weight_bits + w.in_format.bits + 1)
-    ff = n.out_nonzero * acc
-    depth = {"DSP": 1}.get(kind, 0) + 1
-    return Resources(dsp, lut, ff, 0, depth, 1, count, kind)
-
-
-#: weight layers with their own model (Latency only): op -> model
-_OP_WEIGHT_MODELS = {"scale_shift": _scale_shift_model}
+# Each op's own model (non-weight layers, and weight layers built one way only, such as
+# scale_shift) is defined next to the op: :meth:`qsp.ops.OpRule.resources` /
+# :meth:`qsp.ops.OpRule.weight_resources`.
 
 
 def buildable(n: NodeCounts, st: LayerStrategy | None) -> LayerStrategy:
@@ -325,15 +200,15 @@ def critical_path(nodes, latency: dict[str, int]) -> int:
 
 
 def layer_resources(n: NodeCounts, st: LayerStrategy | None, dsp_width: tuple[int, int]) -> Resources:
+    rule = RULES.get(n.op)
     if n.weight is not None:
         st = buildable(n, st)
-        op_model = _OP_WEIGHT_MODELS.get(n.op)
-        if op_model is not None:
-            return op_model(n, st, dsp_width)
+        own = rule.weight_resources(n, st, dsp_width) if rule is not None else None
+        if own is not None:
+            return own
         model = _WEIGHT_MODELS.get(st.strategy)
         if model is None:
             from ..errors import ConfigError
             raise ConfigError(f"layer {n.name!r}: strategy {st.strategy!r} unknown; known: {list(_WEIGHT_MODELS)}")
         return model(n, st, dsp_width)
-    m = _OTHER_MODELS.get(n.op)
-    return m(n) if m is not None else Resources()
+    return rule.resources(n) if rule is not None else Resources()

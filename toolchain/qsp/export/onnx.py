@@ -71,7 +71,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..bundle import Bundle
 from ..bundle.schema import ONE_D
 from ..errors import QspError, UnsupportedLayerError
-from ..verify.emulate import MULTI_INPUT, Step, TensorInfo, analyze
+from ..verify.emulate import Step, TensorInfo, analyze, multi_input
 
 #: ONNX opset (21: QuantizeLinear/DequantizeLinear with int16/uint16)
 OPSET = 21
@@ -505,7 +505,7 @@ def build_graph_model(bundle: Bundle, b: _Builder, handlers: dict, opsets=(), fu
         xs = [env[name] for name in node.inputs]
         b.prefix = node.name
         b.used_double = False
-        y = fn(b, st, xs if node.op in MULTI_INPUT else xs[0], bundle)
+        y = fn(b, st, xs if multi_input(node.op) else xs[0], bundle)
         if y.double and y.info.bound < F32_EXACT and abs(y.info.frac) <= _FRAC_LIMIT:
             y = _T(b.op("Cast", [y.name], "to_f32", to=TensorProto.FLOAT), False, y.info)
         y = _rename_last(b, y, node.name)
