@@ -108,8 +108,11 @@ def models(mlp_bundle, cnn_bundle, tmp_path_factory):
 
 def cli_options(board, strategy: str, io_type: str, **kw) -> CompileOptions:
     """CompileOptions as qsp-compile's CLI makes them for ``board`` (compile/cli.py)."""
+    from qsp.estimate import fit_plan
+
     return CompileOptions(io_type=io_type, strategy=strategy, part=board.part,
-                          clock_period_ns=round(1000.0 / board.clock_mhz, 3), dsp_budget=board.dsp, board=board, **kw)
+                          clock_period_ns=round(1000.0 / board.clock_mhz, 3), dsp_budget=board.dsp, board=board,
+                          fit=fit_plan, **kw)
 
 
 def _regime(s: hardware.LayerStrategy, n_in: int) -> str:

@@ -12,7 +12,7 @@ from qsp.bundle import Bundle
 from qsp.compile import transforms
 from qsp.compile.hls4ml_project import CompileOptions, plan_strategies, rule_strategies
 from qsp.compile.pipeline import prepare
-from qsp.estimate import count_graph, default_strategies, estimate, summary_for_board
+from qsp.estimate import count_graph, default_strategies, estimate, fit_plan, summary_for_board
 from qsp.estimate.core import DEFAULT_STEPS
 
 BOARDS = ("pynq-z2", "arty-a7-35", "zcu102")
@@ -21,7 +21,7 @@ BOARDS = ("pynq-z2", "arty-a7-35", "zcu102")
 def _compile_summary(path, board):
     """qsp-compile's end summary for ``board``, computed as its CLI does (no C++ build)."""
     _, tx, _, plan = prepare(path)
-    splan = plan_strategies(tx, plan, CompileOptions(board=board))
+    splan = plan_strategies(tx, plan, CompileOptions(board=board, fit=fit_plan))
     return splan, summary_for_board(path, board, strategies=splan.layers, hardware=tx)
 
 

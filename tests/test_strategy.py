@@ -56,7 +56,7 @@ def test_reuse_rules_are_hls4ml_s():
 
 def test_rule_plan_kept_when_it_fits(mlp_bundle):
     b, tx, log, plan = prepare(mlp_bundle)
-    opts = CompileOptions(board=PYNQ)
+    opts = CompileOptions(board=PYNQ, fit=fit_plan)
     sp = plan_strategies(tx, plan, opts)
     assert sp.source == "rule" and sp.verdict == "fits" and sp.warning is None and sp.board == "pynq-z2"
     assert _as_tuples(sp.layers) == _as_tuples(rule_strategies(tx, plan, opts))
@@ -71,7 +71,7 @@ def test_rule_plan_kept_when_it_fits(mlp_bundle):
 def test_estimator_plan_when_rule_does_not_fit(kind, mlp_bundle, cnn_bundle):
     tx, plan, rule, luts = _rule_luts({"mlp": mlp_bundle, "cnn": cnn_bundle}[kind])
     board = tiny(luts // 2)  # the rule's plan needs 200 % of the LUTs
-    sp = plan_strategies(tx, plan, CompileOptions(board=board))
+    sp = plan_strategies(tx, plan, CompileOptions(board=board, fit=fit_plan))
     be = fit_plan(tx, board, rule, available=buildable_strategies())
     assert be.verdict == "fits with another strategy"
     assert sp.source == "estimator" and sp.verdict == "fits" and sp.warning is None
@@ -93,7 +93,7 @@ def test_estimator_plan_when_rule_does_not_fit(kind, mlp_bundle, cnn_bundle):
 
 def test_warning_when_nothing_fits(mlp_bundle):
     tx, plan, rule, luts = _rule_luts(mlp_bundle)
-    sp = plan_strategies(tx, plan, CompileOptions(board=tiny(100)))
+    sp = plan_strategies(tx, plan, CompileOptions(board=tiny(100), fit=fit_plan))
     assert sp.source == "rule" and sp.verdict == "does not fit"
     assert _as_tuples(sp.layers) == _as_tuples(rule)
     assert sp.warning is not None and "fits tiny" in sp.warning and "LUT" in sp.warning
@@ -104,7 +104,7 @@ def test_estimator_plan_compiles_bit_exact(cnn_bundle, tmp_path):
     """One C++ build: the CNN with the estimator's plan (Resource convs at R <= n_in,
     resource_unrolled Dense) is bit-exact against the integer emulation."""
     tx, plan, rule, luts = _rule_luts(cnn_bundle)
-    opts = CompileOptions(board=tiny(luts // 2), part=PYNQ.part, testbench=False)
+    opts = CompileOptions(board=tiny(luts // 2), part=PYNQ.part, testbench=False, fit=fit_plan)
     res = compile_bundle(cnn_bundle, tmp_path / "hls", opts, max_inputs=64)
     assert res.strategy_plan.source == "estimator"
     assert {s.strategy for s in res.strategies.values()} <= {"Resource", "resource_unrolled"}

@@ -76,9 +76,12 @@ def run(a) -> int:
     saved = (doc or {}).get("qsp") or {}
     board = get_board(a.board or (saved.get("board") if isinstance(saved, dict) else None) or "pynq-z2")
     steps = () if a.no_transforms else transforms.DEFAULT_STEPS
+    from ..estimate import fit_plan  # the command composes the stages: the estimator checks the board
+
     opts = CompileOptions(backend=a.backend or "Vitis", io_type=a.io_type or "io_parallel",
                           strategy=a.strategy or "auto", part=board.part,
-                          clock_period_ns=round(1000.0 / board.clock_mhz, 3), dsp_budget=board.dsp, board=board)
+                          clock_period_ns=round(1000.0 / board.clock_mhz, 3), dsp_budget=board.dsp, board=board,
+                          fit=fit_plan)
     if a.dry_run:
         b, tx, log, plan = prepare(a.bundle, steps)
         for line in log:
@@ -122,7 +125,7 @@ def run(a) -> int:
 def _estimate_summary(bundle, board, res) -> None:
     """The estimator's summary for the board, when qsp.estimate provides one."""
     try:
-        from ..estimate import summary_for_board  # the CLI's report; see hls4ml_project's docstring
+        from ..estimate import summary_for_board  # the command composes the stages (hls4ml_project's docstring)
     except ImportError:
         return
     try:

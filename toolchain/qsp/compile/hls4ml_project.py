@@ -14,14 +14,12 @@ Then, with a board, by its budget (:func:`plan_strategies`): the estimator
 fit and the estimator has a plan that does, that plan is compiled; if none fits, the rule's
 plan is compiled with a warning.
 
-Import order: compile imports from the shared base (:mod:`qsp.fixedpoint`, :mod:`qsp.bundle`,
-:mod:`qsp.hardware`, :mod:`qsp.boards`) and, as its one exception, from the estimator:
-:func:`plan_strategies` imports :func:`qsp.estimate.fit_plan` lazily (and ``cli`` prints
-:func:`qsp.estimate.summary_for_board`). That is a genuine use of a later stage's model,
-not a shared rule: choosing a plan by the board's budget needs the estimator's resource
-model (LUT/FF/DSP/BRAM per layer and strategy) and its candidate plans, which are the
-estimator's, not the compiler's; moving them below compile would move the estimator.
-The estimator imports nothing of compile.
+Import order: compile imports only from the shared base (:mod:`qsp.fixedpoint`,
+:mod:`qsp.bundle`, :mod:`qsp.ops`, :mod:`qsp.hardware`, :mod:`qsp.boards`), never from a
+later stage. The board check needs the estimator's resource model (a later stage), so it is
+passed in: :attr:`CompileOptions.fit` is a :data:`qsp.hardware.BoardCheck` (qsp-compile's
+command line, the composition of the stages, passes :func:`qsp.estimate.fit_plan`); with
+none, the rule's plan is compiled unchecked. The estimator imports nothing of compile.
 """
 from __future__ import annotations
 
@@ -57,6 +55,10 @@ class CompileOptions:
     testbench: bool = True
     #: g++ -O level of the C simulation builds (results do not depend on it; see csim.py)
     cxx_opt_level: int = 1
+    #: the board check of ``--strategy auto`` (a :data:`qsp.hardware.BoardCheck`, e.g.
+    #: :func:`qsp.estimate.fit_plan`, given by the caller that composes the stages); None:
+    #: the rule's plan is compiled without a check against the board's budget
+    fit: object = None
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -137,8 +139,8 @@ def _usage(be, plan) -> tuple[str, float]:
 def plan_strategies(bundle, plan: PrecisionPlan, opts: CompileOptions) -> StrategyPlan:
     """Strategies for ``bundle`` (the graph as it will be built, after qsp's transforms).
 
-    ``--strategy auto`` with a board: the fixed rule's plan is checked with the estimator
-    (:func:`qsp.estimate.fit_plan`); when it does not fit the board and the estimator has a
+    ``--strategy auto`` with a board: the fixed rule's plan is checked with ``opts.fit``
+    (the estimator's :func:`qsp.estimate.fit_plan`, passed in by the caller); when it does not fit the board and the estimator has a
     plan that does ("fits with another strategy"), that plan (per-layer strategy and reuse
     factor, valid for hls4ml) is taken instead; when nothing fits, the rule's plan is kept
     and ``warning`` names the binding resource and the board. The estimator models
@@ -148,9 +150,9 @@ def plan_strategies(bundle, plan: PrecisionPlan, opts: CompileOptions) -> Strate
         return StrategyPlan(rule, "--strategy")
     if opts.board is None or not rule:
         return StrategyPlan(rule, "rule")
-    from ..estimate import fit_plan
-
-    be = fit_plan(bundle, opts.board, rule, available=buildable_strategies(opts))
+    if opts.fit is None:
+        return StrategyPlan(rule, "rule", note="not checked against the board (no board check given)")
+    be = opts.fit(bundle, opts.board, rule, available=buildable_strategies(opts))
     name = be.board.name
     k, u = _usage(be, be.plan)
     if be.verdict == "fits":
