@@ -6,7 +6,9 @@ functional activations become modules, inference identities are dropped), then
 * the input gets a learned quantizer (``input_quant``);
 * every Linear/Conv2d (depthwise and grouped convs included) becomes a :class:`DJPQLayer`
   (learned weight bits); a BatchNorm that reads only its output is folded into it
-  (fold-aware training, see :mod:`qsp.djpq.layers`);
+  (fold-aware training, see :mod:`qsp.djpq.layers`); a BatchNorm with no weight layer before
+  it becomes a :class:`qsp.nn.QScaleShift` (batch statistics for ``bn_delay`` steps, then the
+  16-bit ``scale_shift`` node the bundle holds), as :func:`qsp.convert` does;
 * every ReLU/ReLU6/Hardtanh/LeakyReLU becomes ``Sequential(act, quant=LearnedQuantizer)``
   (unsigned after ReLU/ReLU6);
 * an add, a concatenation or an average pooling whose value is not read by an activation
@@ -34,7 +36,8 @@ from ..errors import ConfigError, UnsupportedLayerError
 from ..nn.capture import (ADD_FUNCS, CAT_FUNCS, capture, drop_node, fresh_name, graph_changed, join_nodes,
                           modules_in_order, put_module, weight_bn_pairs)
 from .graph import analyze, is_max_pool, is_quantizer, module_of, tensor_users, unit_kind
-from .layers import DJPQLayer
+from ..nn.layers import QScaleShift
+from .layers import BN_TYPES, DJPQLayer
 from .quant import LearnedQuantizer
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -189,7 +192,8 @@ def _insert_quant(gm: fx.GraphModule, node, cfg: "DJPQConfig") -> None:
     node.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
 
 
-def convert(model: nn.Module, input_shape=None, cfg: DJPQConfig | None = None, **overrides) -> nn.Sequential:
+def convert(model: nn.Module, input_shape=None, cfg: DJPQConfig | None = None, *, bn_delay: int = 0,
+            **overrides) -> nn.Sequential:
     """Wrap ``model`` for DJPQ training (see the module doc). With ``input_shape`` (no batch
     dim) each weight layer's dense MACs are recorded now, otherwise on the first forward
     pass."""
@@ -215,6 +219,10 @@ def convert(model: nn.Module, input_shape=None, cfg: DJPQConfig | None = None, *
         if bn is not None:
             drop_node(gm, bn_of[name])
             put_module(gm, bn_of[name], None, model)
+    for node, mod in calls:  # a BatchNorm left (no weight layer before it): trained as scale_shift
+        if isinstance(mod, BN_TYPES) and mod.track_running_stats and uses[node.target] == 1 \
+                and node.target not in bn_of.values():
+            put_module(gm, node.target, QScaleShift(mod, delay=bn_delay), model)
     seen = set()
     for node, mod in calls:
         unsigned = _act_unsigned(mod)

@@ -56,7 +56,10 @@ class DJPQMethod(TrainingMethod):
             if self.freeze_step < 1:
                 raise ConfigError(f"djpq.finetune={self.dcfg.finetune}: the run's {total_steps} steps leave no step "
                                   "to learn bits and gates before the fine-tuning phase")
-        m = convert(model, None, self.dcfg)
+        # a standalone BatchNorm learns with batch statistics until the fine-tuning phase (or half
+        # of the run), then trains as the scale_shift node it is exported as
+        bn_delay = self.freeze_step if self.freeze_step is not None else total_steps // 2
+        m = convert(model, None, self.dcfg, bn_delay=bn_delay)
         lr = float(getattr(cfg, "lr", None) or 1e-3)
         opt = getattr(cfg, "optimizer", "adam")
         # Adam's step is ~lr for any gradient scale; SGD's scales with the square
