@@ -91,15 +91,16 @@ def compile_(a) -> int:
         if a.only and d.name not in a.only:
             continue
         res_dir = runs if (runs / f"{d.name}.json").exists() else runs.parent  # beside the train JSON
-        hw = res_dir / f"{d.name}_hw.json"
+        default = a.board == "pynq-z2"  # other boards: their own JSON and project directory
+        hw = res_dir / (f"{d.name}_hw.json" if default else f"{d.name}_hw_{a.board}.json")
         if hw.exists() and not a.force:
             continue
         t0 = time.time()
-        out = d / "hls"
+        out = d / ("hls" if default else f"hls_{a.board}")
         r = subprocess.run(["qsp-compile", str(d / "bundle"), "--board", a.board, "--out", str(out),
                             "--max-inputs", str(a.max_inputs)], capture_output=True, text=True)
         v = json.loads((out / "verify.json").read_text()) if (out / "verify.json").exists() else {}
-        est_dir = d / "estimate"
+        est_dir = d / ("estimate" if default else f"estimate_{a.board}")
         subprocess.run(["qsp-estimate", str(d / "bundle"), "--board", a.board, "--out", str(est_dir)],
                        capture_output=True, text=True)
         e = json.loads((est_dir / "estimate.json").read_text()) if (est_dir / "estimate.json").exists() else {}
