@@ -27,7 +27,7 @@ OWN = ("infer", "run", "torch_forward")
 #: facets with a default that fits value-preserving ops (counts: zeros stay zeros; types:
 #: the input's type; resources: free)
 DEFAULTED = ("types", "counts", "resources", "latency_only", "pool_window", "hls_class_of", "weight_resources",
-             "kernel_constants")
+             "kernel_constants", "stream_words", "stream_resources", "stream_weight_resources")
 WEIGHT_FACETS = ("weight_count", "bias_count", "weight_nonzeros")
 DATA = ("op", "multi_input", "hls_class", "casting", "commuting", "producer", "transparent", "strategy", "weighted",
         "host_reshape", "post_sensitive", "unrolled", "reuse_at_most_n_in", "per_unit", "elementwise")
@@ -230,7 +230,7 @@ def test_an_op_without_a_rule_is_refused_by_every_driver(toy_op):
 
 # ----------------------------------------------------------------------------- (iii) drivers, not tables
 DRIVERS = ["verify/emulate.py", "compile/precision.py", "estimate/counts.py", "estimate/resources.py",
-           "bundle/footprint.py", "hardware.py"]
+           "estimate/stream.py", "bundle/footprint.py", "hardware.py"]
 
 
 def _op_literals(tree: ast.AST) -> list[str]:

@@ -61,7 +61,7 @@ def unrolled_op(op: str) -> bool:
     return _flag(op, "unrolled")
 
 
-#: The board check of a strategy plan: ``fit(graph, board, strategies, available=...)`` ->
+#: The board check of a strategy plan: ``fit(graph, board, strategies, available=..., io_type=...)`` ->
 #: a verdict with ``verdict`` ("fits" | "fits with another strategy" | "does not fit"),
 #: ``plan`` / ``alternative`` (each with ``strategies``, ``label`` and ``utilization(board)``)
 #: and ``board``. The estimator's :func:`qsp.estimate.fit_plan` is one; qsp-compile takes it

@@ -115,21 +115,23 @@ def run(a) -> int:
         print(f"verified bit-exact on {s['inputs']} test inputs (differing/compared: {paths})")
         if s["metric"]:
             print(f"{s['metric']['name']} from csim: {s['metric']['value']:.4f}")
-    _estimate_summary(a.bundle, board, res)
+    io_type = (doc or {}).get("IOType") or opts.io_type  # the file's IOType rules with --hls-config
+    _estimate_summary(a.bundle, board, res, io_type)
     print(f"project: {res.project}" + (f"; accelerator project: {res.accelerator_project}"
                                        if res.accelerator_project else ""))
     print(f"done in {time.perf_counter() - t0:.1f} s -> {out}")
     return 0
 
 
-def _estimate_summary(bundle, board, res) -> None:
+def _estimate_summary(bundle, board, res, io_type: str = "io_parallel") -> None:
     """The estimator's summary for the board, when qsp.estimate provides one."""
     try:
         from ..estimate import summary_for_board  # the command composes the stages (hls4ml_project's docstring)
     except ImportError:
         return
     try:
-        print(summary_for_board(bundle, board, strategies=res.strategies or None, hardware=res.graph))
+        print(summary_for_board(bundle, board, strategies=res.strategies or None, hardware=res.graph,
+                                io_type=io_type))
     except QspError as e:
         _log(f"estimate unavailable: {e}")
 

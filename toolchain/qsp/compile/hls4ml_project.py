@@ -143,8 +143,9 @@ def plan_strategies(bundle, plan: PrecisionPlan, opts: CompileOptions) -> Strate
     (the estimator's :func:`qsp.estimate.fit_plan`, passed in by the caller); when it does not fit the board and the estimator has a
     plan that does ("fits with another strategy"), that plan (per-layer strategy and reuse
     factor, valid for hls4ml) is taken instead; when nothing fits, the rule's plan is kept
-    and ``warning`` names the binding resource and the board. The estimator models
-    io_parallel: with io_stream the rule's plan is only checked, never replaced."""
+    and ``warning`` names the binding resource and the board. The check models the
+    IOType being compiled (``opts.io_type``, passed to the board check as ``io_type``):
+    hls4ml's io_parallel or io_stream design."""
     rule = rule_strategies(bundle, plan, opts)
     if opts.strategy != "auto":
         return StrategyPlan(rule, "--strategy")
@@ -152,12 +153,12 @@ def plan_strategies(bundle, plan: PrecisionPlan, opts: CompileOptions) -> Strate
         return StrategyPlan(rule, "rule")
     if opts.fit is None:
         return StrategyPlan(rule, "rule", note="not checked against the board (no board check given)")
-    be = opts.fit(bundle, opts.board, rule, available=buildable_strategies(opts))
+    be = opts.fit(bundle, opts.board, rule, available=buildable_strategies(opts), io_type=opts.io_type)
     name = be.board.name
     k, u = _usage(be, be.plan)
     if be.verdict == "fits":
         return StrategyPlan(rule, "rule", name, "fits", k, u, "the rule's plan fits the board")
-    if be.verdict == "fits with another strategy" and opts.io_type == "io_parallel":
+    if be.verdict == "fits with another strategy":
         alt = be.alternative
         ka, ua = _usage(be, alt)
         why = f"rule's plan needs {k} {u:.0%}"
@@ -171,9 +172,6 @@ def plan_strategies(bundle, plan: PrecisionPlan, opts: CompileOptions) -> Strate
     warn = (f"no strategy plan the estimator knows fits {name}: the rule's plan needs {k} {u:.1%}, "
             f"the least bad ('{least.label}') {kl} {ul:.1%}; compiling the rule's plan anyway "
             "(C simulation is still valid)")
-    if be.verdict == "fits with another strategy":  # io_stream: not replaced
-        warn = (f"the rule's plan needs {k} {u:.1%} of {name}; the estimator's plan '{be.alternative.label}' "
-                f"fits in io_parallel, but its model does not cover {opts.io_type}: rule's plan kept")
     return StrategyPlan(rule, "rule", name, "does not fit", k, u, "", warn)
 
 

@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-trained", action="store_true",
                    help="estimate the board resources of the graph as trained, not of the graph qsp-compile builds "
                         "(masks folded, dead features/channels removed)")
+    p.add_argument("--io-type", default="io_parallel", choices=("io_parallel", "io_stream"),
+                   help="the hls4ml IOType to model (default io_parallel; io_stream: hls4ml's dataflow design with "
+                        "one FIFO per tensor, line-buffered convs; docs/estimate.md)")
     p.add_argument("--runs", default=None, help="folder of runs for the report's accuracy-vs-footprint plot")
     p.add_argument("--report-board", default=None,
                    help="board whose per-layer resources the report shows (default: the --board asked; with 'all', "
@@ -45,10 +48,12 @@ def main(argv=None) -> int:
 
         strategies = strategies_from_project(args.project) if args.project else None
         boards = "all" if args.board == "all" else [args.board]
-        est = estimate(args.bundle, boards, strategies, board_dirs=args.boards_dir, as_trained=args.as_trained)
+        est = estimate(args.bundle, boards, strategies, board_dirs=args.boards_dir, as_trained=args.as_trained,
+                       io_type=args.io_type)
         t = est.totals
         if args.board == "all":
             print(est.hardware.describe())
+            print(f"io_type {est.io_type} (the hls4ml design modelled)")
             print(f"{'board':<12} {'verdict':<27} binding resource")
             for be in est.boards:
                 print(be.line())

@@ -42,6 +42,9 @@ from .counts import FLOAT_BITS, GraphCounts, NodeCounts, count_graph
 from .resources import Resources, buildable, critical_path, layer_resources
 
 RESOURCE_KEYS = ("LUT", "FF", "DSP", "BRAM18")
+#: the hls4ml IOTypes the estimator models (docs/estimate.md): io_parallel (default) and
+#: io_stream (:mod:`qsp.estimate.stream`)
+IO_TYPES = ("io_parallel", "io_stream")
 #: among alternative plans that fit, prefer those that leave this much room for routing
 ROUTABLE = 0.8
 
@@ -144,6 +147,7 @@ class Plan:
     strategies: dict[str, LayerStrategy]
     layers: dict[str, Resources]
     total: Resources
+    io_type: str = "io_parallel"
 
     def utilization(self, board: Board) -> dict[str, float]:
         u = self.total.usage()
@@ -151,7 +155,7 @@ class Plan:
         return {k: (u[k] / budget[k] if budget[k] else (math.inf if u[k] else 0.0)) for k in RESOURCE_KEYS}
 
     def to_dict(self, board: Board) -> dict:
-        return {"label": self.label,
+        return {"label": self.label, "io_type": self.io_type,
                 "strategies": {k: {"strategy": s.strategy, "reuse_factor": s.reuse_factor, "why": s.why}
                                for k, s in self.strategies.items()},
                 "total": self.total.to_dict(), "utilization": self.utilization(board),
@@ -167,6 +171,7 @@ class BoardEstimate:
     alternative: Plan | None  # the plan that fits when the given one does not (or the least bad)
     energy: E.Energy
     energy_float: E.Energy
+    io_type: str = "io_parallel"
 
     @property
     def shown(self) -> Plan:
@@ -195,7 +200,7 @@ class BoardEstimate:
 
     def to_dict(self) -> dict:
         return {"board": self.board.name, "part": self.board.part, "clock_mhz": self.board.clock_mhz,
-                "verdict": self.verdict, "binding": self.binding,
+                "io_type": self.io_type, "verdict": self.verdict, "binding": self.binding,
                 "utilization": self.shown.utilization(self.board),
                 "budget": {"LUT": self.board.lut, "FF": self.board.ff, "DSP": self.board.dsp,
                            "BRAM18": self.board.bram18k},
@@ -224,8 +229,15 @@ def _fan(n: NodeCounts) -> tuple[int, int]:
     return n.weight.fan_in, n.weight.n_out
 
 
-def _smallest_reuse(n: NodeCounts, at_least: int, strategy: str) -> int:
-    return smallest_valid_reuse(*_fan(n), at_least, strategy, n.op)
+def _smallest_reuse(n: NodeCounts, at_least: int, strategy: str, io_type: str = "io_parallel") -> int:
+    return smallest_valid_reuse(*_fan(n), at_least, strategy, n.op, io_type)
+
+
+def check_io_type(io_type: str) -> str:
+    if io_type not in IO_TYPES:
+        from ..errors import ConfigError
+        raise ConfigError(f"io_type {io_type!r}: the estimator models {', '.join(IO_TYPES)}")
+    return io_type
 
 
 def board_strategies(board: Board | None) -> tuple[str, ...]:
@@ -247,22 +259,27 @@ def layer_facts(counts: GraphCounts) -> list[LayerFacts]:
                        n.weight.latency_only) for n in _strategy_nodes(counts)]
 
 
-def default_strategies(counts: GraphCounts, board: Board | None) -> dict[str, LayerStrategy]:
+def default_strategies(counts: GraphCounts, board: Board | None, io_type: str = "io_parallel") -> dict[str, LayerStrategy]:
     """What ``qsp-compile --strategy auto`` picks by its fixed rule before its board check
-    (io_parallel): :func:`qsp.hardware.rule_strategies`, the one rule both use. Keys: the
+    (for ``io_type``): :func:`qsp.hardware.rule_strategies`, the one rule both use. Keys: the
     layers that take a strategy (linear, conv2d; scale_shift has none and is modelled fully
     parallel)."""
-    return rule_strategies(layer_facts(counts), board)
+    return rule_strategies(layer_facts(counts), board, io_type)
 
 
-def make_plan(counts: GraphCounts, board: Board, strategies: Mapping, label: str) -> Plan:
+def make_plan(counts: GraphCounts, board: Board, strategies: Mapping, label: str,
+              io_type: str = "io_parallel") -> Plan:
     """Resources summed over the layers; latency the critical path of the graph (longest
     path over producers, io_parallel), II the largest layer II. A strategy that cannot be
     built for a layer (non-Latency on a depthwise conv, ...) is modelled, and recorded, as
     the one that is (:func:`~qsp.estimate.resources.buildable`)."""
+    strat = {k: _as_strategy(v) for k, v in strategies.items()}
+    if check_io_type(io_type) == "io_stream":
+        from .stream import stream_plan
+        layers, total, strat = stream_plan(counts, strat, board.dsp_mult_width)
+        return Plan(label, strat, layers, total, io_type)
     layers = {}
     total = Resources(latency_cycles=0, ii_cycles=1)
-    strat = {k: _as_strategy(v) for k, v in strategies.items()}
     for n in counts.nodes:
         st = None
         if n.weight is not None:
@@ -278,7 +295,7 @@ def make_plan(counts: GraphCounts, board: Board, strategies: Mapping, label: str
     return Plan(label, strat, layers, total)
 
 
-def candidate_plans(counts: GraphCounts, board: Board) -> list[tuple[str, dict]]:
+def candidate_plans(counts: GraphCounts, board: Board, io_type: str = "io_parallel") -> list[tuple[str, dict]]:
     """Uniform alternatives: all Latency, all distributed arithmetic, and Resource /
     resource_unrolled (Dense; Conv falls back to Resource) at growing reuse factors. Layers
     built only with Latency (depthwise / grouped conv, scale_shift) keep Latency, R = 1, in
@@ -296,7 +313,7 @@ def candidate_plans(counts: GraphCounts, board: Board) -> list[tuple[str, dict]]
             p = dict(fixed)
             for n in free:
                 s = strat if (strat == "Resource" or unrolled_op(n.op)) else "Resource"
-                p[n.name] = LayerStrategy(s, _smallest_reuse(n, target, s))
+                p[n.name] = LayerStrategy(s, _smallest_reuse(n, target, s, io_type))
             plans.append((f"{strat} reuse<={target}", p))
         if target >= biggest:
             break
@@ -333,37 +350,43 @@ def _energy(layers: list[LayerEstimate], board: Board) -> tuple[E.Energy, E.Ener
 
 
 def estimate_board(counts: GraphCounts, layers: list[LayerEstimate], board: Board, strategies=None,
-                   available: Iterable[str] | None = None) -> BoardEstimate:
+                   available: Iterable[str] | None = None, io_type: str = "io_parallel") -> BoardEstimate:
     """``available``: the strategies an alternative plan may use (all when None; qsp-compile
     passes those it can build, e.g. no distributed_arithmetic without da4ml); never one
-    qsp-compile cannot build for ``board`` (:func:`board_strategies`)."""
+    qsp-compile cannot build for ``board`` (:func:`board_strategies`). ``io_type``: the
+    hls4ml IOType modelled (io_parallel, or io_stream: :mod:`qsp.estimate.stream`)."""
+    check_io_type(io_type)
     given = strategies is not None
-    strat = ({k: _as_strategy(v) for k, v in strategies.items()} if given else default_strategies(counts, board))
-    plan = make_plan(counts, board, strat, "given" if given else "default (qsp-compile auto)")
+    strat = ({k: _as_strategy(v) for k, v in strategies.items()} if given
+             else default_strategies(counts, board, io_type))
+    plan = make_plan(counts, board, strat, "given" if given else "default (qsp-compile auto)", io_type)
     e, e32 = _energy(layers, board)
     if _max_util(plan, board) <= 1.0:
-        return BoardEstimate(board, "fits", _binding(plan, board), plan, None, e, e32)
+        return BoardEstimate(board, "fits", _binding(plan, board), plan, None, e, e32, io_type)
     ok = set(board_strategies(board)) & (set(STRATEGIES) if available is None else set(available))
-    alts = [make_plan(counts, board, s, label) for label, s in candidate_plans(counts, board)
+    alts = [make_plan(counts, board, s, label, io_type) for label, s in candidate_plans(counts, board, io_type)
             if all(_as_strategy(v).strategy in ok for v in s.values())]
     fitting = [p for p in alts if _max_util(p, board) <= 1.0]
     if fitting:
         roomy = [p for p in fitting if _max_util(p, board) <= ROUTABLE] or fitting
         best = min(roomy, key=lambda p: (p.total.ii_cycles, p.total.latency_cycles, _max_util(p, board)))
-        return BoardEstimate(board, "fits with another strategy", _binding(best, board), plan, best, e, e32)
+        return BoardEstimate(board, "fits with another strategy", _binding(best, board), plan, best, e, e32, io_type)
     least = min(alts + [plan], key=lambda p: _max_util(p, board))
-    return BoardEstimate(board, "does not fit", _binding(least, board), plan, None if least is plan else least, e, e32)
+    return BoardEstimate(board, "does not fit", _binding(least, board), plan, None if least is plan else least, e, e32,
+                         io_type)
 
 
-def fit_plan(graph, board, strategies: Mapping | None = None, available: Iterable[str] | None = None) -> BoardEstimate:
+def fit_plan(graph, board, strategies: Mapping | None = None, available: Iterable[str] | None = None,
+             io_type: str = "io_parallel") -> BoardEstimate:
     """The estimator's verdict for one strategy plan on one board, for ``graph`` as it will be
     built (a :class:`~qsp.bundle.Bundle`, e.g. qsp-compile's transformed graph): ``plan`` is
     ``strategies`` (the compiler's default rule when None), and when it does not fit,
     ``alternative`` is the plan the estimator proposes (verdict "fits with another
-    strategy") or the least bad one ("does not fit"), using only ``available`` strategies."""
+    strategy") or the least bad one ("does not fit"), using only ``available`` strategies.
+    ``io_type``: the IOType being compiled (qsp-compile passes its ``--io-type``)."""
     counts = count_graph(graph)
     b = board if isinstance(board, Board) else get_board(board)
-    return estimate_board(counts, [_layer(n) for n in counts.nodes], b, strategies, available)
+    return estimate_board(counts, [_layer(n) for n in counts.nodes], b, strategies, available, io_type)
 
 
 # ----------------------------------------------------------------------------- the hardware graph
@@ -470,6 +493,8 @@ class Estimate:
     metrics: dict = field(default_factory=dict)
     #: the graph ``boards`` (resources, latency, verdicts) describe; the rest is the trained bundle
     hardware: HardwareGraph | None = None
+    #: the hls4ml IOType the board-facing numbers model
+    io_type: str = "io_parallel"
 
     def board(self, name: str) -> BoardEstimate:
         b = get_board(name) if not isinstance(name, Board) else name
@@ -479,7 +504,7 @@ class Estimate:
         raise KeyError(name)
 
     def to_dict(self) -> dict:
-        return {"bundle": self.bundle_path, "task": self.task, "metrics": self.metrics,
+        return {"bundle": self.bundle_path, "io_type": self.io_type, "task": self.task, "metrics": self.metrics,
                 "totals": asdict(self.totals), "layers": [le.to_dict() for le in self.layers],
                 "hardware_graph": None if self.hardware is None else self.hardware.to_dict(),
                 "boards": [b.to_dict() for b in self.boards],
@@ -487,7 +512,7 @@ class Estimate:
                            "energy_fpga": "FPGA model: static + dynamic per used resource at the board clock, figures "
                                           "from boards/power/families.yaml (docs/estimate.md); per board in "
                                           "boards[].energy_fpga",
-                           "resources": "analytic model, docs/estimate.md"}}
+                           "resources": f"analytic model of hls4ml's {self.io_type} design, docs/estimate.md"}}
 
 
 def original_float_baseline(bundle, ffp, weight_layers) -> tuple[int, int, str]:
@@ -528,7 +553,7 @@ def original_float_baseline(bundle, ffp, weight_layers) -> tuple[int, int, str]:
 
 
 def estimate(bundle, boards: Iterable | str | None = "all", strategies: Mapping | None = None,
-             board_dirs=None, as_trained: bool = False, steps=DEFAULT_STEPS) -> Estimate:
+             board_dirs=None, as_trained: bool = False, steps=DEFAULT_STEPS, io_type: str = "io_parallel") -> Estimate:
     """Estimate ``bundle`` (a :class:`~qsp.bundle.Bundle` or a path) for ``boards`` ("all",
     names, :class:`Board` objects or None). ``strategies`` maps weight-layer names to the
     compiler's chosen strategy (objects with ``strategy``/``reuse_factor``, dicts, tuples or
@@ -537,9 +562,11 @@ def estimate(bundle, boards: Iterable | str | None = "all", strategies: Mapping 
     Footprint, BOPs, MACs, sparsity, the per-layer table and the float32 baseline describe
     the bundle as trained. Board resources, latency/II and verdicts describe the hardware
     graph: the bundle after qsp-compile's transformations ``steps`` (its defaults), or the
-    bundle as trained with ``as_trained=True`` (``Estimate.hardware`` says which)."""
+    bundle as trained with ``as_trained=True`` (``Estimate.hardware`` says which).
+    ``io_type``: the hls4ml IOType modelled, "io_parallel" (default) or "io_stream"."""
     from ..bundle import Bundle
 
+    check_io_type(io_type)
     if not isinstance(bundle, Bundle):
         bundle = Bundle.read(bundle)
     counts = count_graph(bundle)
@@ -567,12 +594,12 @@ def estimate(bundle, boards: Iterable | str | None = "all", strategies: Mapping 
     else:
         blist = [b if isinstance(b, Board) else get_board(b, board_dirs) for b in boards]
     est = Estimate(layers, totals, [], str(bundle.path) if bundle.path else None,
-                   asdict(bundle.qspec.task), dict(bundle.qspec.metrics))
+                   asdict(bundle.qspec.task), dict(bundle.qspec.metrics), io_type=io_type)
     if blist:
         hw, est.hardware = hardware_graph(bundle, as_trained, steps)
         hw_counts = counts if hw is bundle else count_graph(hw)
         # energy stays the trained bundle's (as in qsp-compile's summary); resources are hw's
-        est.boards = [estimate_board(hw_counts, layers, b, strategies) for b in blist]
+        est.boards = [estimate_board(hw_counts, layers, b, strategies, io_type=io_type) for b in blist]
     return est
 
 
@@ -619,36 +646,41 @@ def _fmt_pj(p: float) -> str:
     return f"{p:.1f} pJ"
 
 
-def summary_for_board(bundle_or_estimate, board, strategies=None, hardware=None) -> str:
+def summary_for_board(bundle_or_estimate, board, strategies=None, hardware=None, io_type: str | None = None) -> str:
     """A few lines for one board: verdict, resources, latency, footprint, BOPs, energy, each
     next to the float32 dense baseline.
 
     ``hardware``: the graph actually built (qsp-compile's transformed bundle: masks folded,
     dead features removed); verdict, resources and latency are then those of ``strategies``
-    on it, while footprint, BOPs and energy stay those of the bundle as trained."""
+    on it, while footprint, BOPs and energy stay those of the bundle as trained.
+    ``io_type``: the IOType modelled (default: an Estimate's own, else io_parallel)."""
     from ..bundle import Bundle
 
     est = bundle_or_estimate
+    if io_type is None:
+        io_type = est.io_type if isinstance(est, Estimate) else "io_parallel"
     if not isinstance(est, Estimate):
         if hardware is not None and not isinstance(est, Bundle):
             est = Bundle.read(est)
         trained = est
-        est = estimate(est, [board], None if hardware is not None else strategies, as_trained=hardware is not None)
+        est = estimate(est, [board], None if hardware is not None else strategies, as_trained=hardware is not None,
+                       io_type=io_type)
     else:
         trained = None
     be = next((b for b in est.boards if b.board.name == get_board(board).name), None)
     if be is None:
         hw, est.hardware = hardware_graph(_bundle_of(est))
-        be = estimate_board(count_graph(hw), est.layers, get_board(board), strategies)
+        be = estimate_board(count_graph(hw), est.layers, get_board(board), strategies, io_type=io_type)
     described = est.hardware
     if hardware is not None:
-        hw = fit_plan(hardware, be.board, strategies)
+        hw = fit_plan(hardware, be.board, strategies, io_type=io_type)
         be = replace(hw, energy=be.energy, energy_float=be.energy_float)
         described = HardwareGraph.compare(trained if trained is not None else _bundle_of(est), hardware)
     t = est.totals
     u = be.shown.utilization(be.board)
     r = be.shown.total
-    lines = [f"board {be.board.name} ({be.board.part}, {be.board.clock_mhz:g} MHz): {be.verdict}; binding {be.binding}"
+    lines = [f"board {be.board.name} ({be.board.part}, {be.board.clock_mhz:g} MHz, {be.io_type}): {be.verdict}; "
+             f"binding {be.binding}"
              + (f" [{be.alternative.label}]" if be.alternative is not None else ""),
              "  resources   " + "  ".join(f"{k} {v:,} ({100 * u[k]:.1f} %)" for k, v in r.usage().items()),
              f"  latency     {r.latency_cycles} cycles = {be.latency_us:.3f} us, II {r.ii_cycles} cycles",

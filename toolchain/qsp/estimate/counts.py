@@ -68,11 +68,15 @@ class NodeCounts:
     pool: int = 0  # window size of a pooling node
     inputs: list[str] = field(default_factory=list)  # producer names ("input": the graph input)
     adds: int = 0  # elementwise additions outside MACs (``add``: elements x (inputs - 1))
+    #: the bundle graph node (kernel, stride, padding: what the io_stream model reads)
+    node: object = field(default=None, repr=False, compare=False)
 
 
 @dataclass
 class GraphCounts:
     nodes: list[NodeCounts] = field(default_factory=list)
+    #: bits of one graph-input value (the input quantizer's format: hls4ml's ``input_t``)
+    input_bits: int = FLOAT_BITS
 
     def weight_nodes(self) -> list[NodeCounts]:
         return [n for n in self.nodes if n.weight is not None]
@@ -104,7 +108,7 @@ def count_graph(bundle) -> GraphCounts:
     first = graph[0]
     in_fmt = first.format if isinstance(first, QuantNode) else FixedFormat(FLOAT_BITS, 16)
     states: dict[str, Alive] = {GRAPH_INPUT: Alive(in_fmt, np.ones(first.in_shape, bool))}
-    out = GraphCounts()
+    out = GraphCounts(input_bits=in_fmt.bits)
     for i, n in enumerate(graph):
         rule = RULES.get(n.op)
         if rule is None:
@@ -118,5 +122,5 @@ def count_graph(bundle) -> GraphCounts:
                                     int(st.alive.size), int(st.alive.sum()), int(ins[0].alive.sum()),
                                     isinstance(n, QuantNode),
                                     isinstance(n, QuantNode) and point_mask(graph, i, prod, cons) is not None,
-                                    r.weight, rule.pool_window(n), list(n.inputs), int(r.adds)))
+                                    r.weight, rule.pool_window(n), list(n.inputs), int(r.adds), n))
     return out

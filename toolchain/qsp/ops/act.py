@@ -12,7 +12,8 @@ import numpy as np
 
 from ..errors import BundleError
 from ..fixedpoint import FixedFormat, format_for_codes
-from .base import CountOut, Fixed, LayerTypes, OpRule, Resources, TensorInfo, check_bound, elementwise, need_info
+from .base import (CountOut, Fixed, LayerTypes, OpRule, Resources, TensorInfo, check_bound, elementwise, need_info,
+                   stream_elementwise)
 from .registry import register
 
 
@@ -47,6 +48,12 @@ class Relu(OpRule):
         """``ceil(b/2)`` LUTs and ``b`` FFs per element, 0 cycles."""
         b = n.out_format.bits
         return Resources(0, n.out_nonzero * math.ceil(b / 2), n.out_nonzero * b, 0, 0, 1)
+
+    def stream_resources(self, n, s):
+        """io_stream (hls4ml nnet_activation_stream.h ``relu``: PIPELINE over pixels, UNROLL
+        over the word): ``ceil(b/2)`` LUTs and ``b`` FFs per lane, 1 cycle, II 1 per pixel."""
+        b = n.out_format.bits
+        return Resources(0, s.lanes * math.ceil(b / 2), s.lanes * b, 0, 1, s.pixels)
 
 
 def clip_codes(node, frac: int, strict: bool = True) -> tuple[int, int]:
@@ -93,6 +100,10 @@ class Clip(OpRule):
         """Two comparators against constants and two muxes: b LUTs per bound per element."""
         return elementwise(n, 2)
 
+    def stream_resources(self, n, s):
+        """io_stream (qsp's nnet_qsp_elementwise.h ``qsp_clip``): ``2b`` LUTs per lane."""
+        return stream_elementwise(n, s, 2)
+
 
 def leaky_alpha(node, strict: bool = True) -> int:
     """The slope's code on its ``param`` grid; ``strict``: it must lie there (the emulator's
@@ -135,3 +146,7 @@ class LeakyRelu(OpRule):
     def resources(self, n):
         """A comparator, a constant multiply (shift-adds in LUTs) and a mux per element."""
         return elementwise(n, 3, 1)
+
+    def stream_resources(self, n, s):
+        """io_stream (hls4ml nnet_activation_stream.h ``leaky_relu``): ``3b`` LUTs per lane."""
+        return stream_elementwise(n, s, 3, 1)

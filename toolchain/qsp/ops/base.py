@@ -289,6 +289,74 @@ class OpRule:
     def weight_resources(self, n, st, dsp_width) -> Resources | None:
         return None
 
+    # ---- resources in io_stream (hls4ml's dataflow design, docs/estimate.md "io_stream")
+    def stream_words(self, in_shape, out_shape) -> tuple[int, int]:
+        """(words, values per word) of the stream this op writes in hls4ml's io_stream
+        design: [C, H, W] -> H x W words of C; [C, L] -> L words of C; a vector -> one word."""
+        return tensor_words(out_shape)
+
+    def stream_resources(self, n, s: "StreamShape") -> Resources:
+        """A non-weight layer in io_stream: its logic for ONE pixel (``s.lanes`` values side
+        by side); ``latency_cycles`` is its first-output delay, ``ii_cycles`` the cycles it
+        takes for one inference (``s.pixels`` x its per-pixel II). Default: a value-preserving
+        op with no logic (wiring), one pipeline stage, one pixel per cycle."""
+        return Resources(0, 0, 0, 0, 1, s.pixels)
+
+    def stream_weight_resources(self, n, st, kernel: Resources, s: "StreamShape", dsp_width=(27, 18)) -> Resources:
+        """A weight layer in io_stream from ``kernel``, its io_parallel model for one kernel
+        instance at strategy ``st`` (:func:`qsp.estimate.resources.layer_resources`). Default
+        (Dense, hls4ml's nnet_dense_stream.h ``dense``): the whole input vector is read
+        (``s.in_words`` stream words, one a cycle), then the io_parallel kernel runs:
+        resources unchanged, first output after ``in_words`` + the kernel's depth, II
+        ``max(in_words, R)``."""
+        r = max(int(st.reuse_factor), 1) if st is not None else 1
+        depth = kernel.latency_cycles - (n.weight.positions - 1) * r
+        return replace_timing(kernel, s.in_words + depth, max(s.in_words, r, 1))
+
+
+def tensor_words(shape) -> tuple[int, int]:
+    """(words, values per word) of a tensor's hls4ml stream (one word = one pixel's channels)."""
+    if len(shape) >= 3:
+        return int(shape[1]) * int(shape[2]), int(shape[0])
+    if len(shape) == 2:
+        return int(shape[1]), int(shape[0])
+    return 1, int(math.prod(shape)) if shape else 1
+
+
+@dataclass(frozen=True)
+class StreamShape:
+    """What the io_stream model knows of one layer's streams (hls4ml: one
+    ``hls::stream<nnet::array<T, C>>`` per tensor, one word = one pixel's C channels)."""
+
+    pixels: int  # words of the output stream (H x W; 1 for a vector read as one word)
+    lanes: int  # values per output word that carry logic (alive channels)
+    in_pixels: int  # words of the (first) input stream as the layer reads it (padded for a conv)
+    in_words: int  # words the layer reads before it can write (Dense: the whole vector)
+    in_width: int = 1  # W of the input as the layer reads it (a conv's padded width)
+    in_channels: int = 1  # C of the (first) input
+    in_bits: int = 0  # bits of one input value
+
+
+def replace_timing(r: Resources, latency: int, ii: int) -> Resources:
+    """``r`` with another first-output delay and II (io_stream timing)."""
+    return Resources(r.dsp, r.lut, r.ff, r.bram18, int(latency), int(ii), r.multipliers, r.mult_kind)
+
+
+def srl_luts(bits_wide: int, depth: int) -> int:
+    """LUTs of a shift register ``bits_wide`` bits wide and ``depth`` deep in SRLs: one
+    SRLC32E (one LUT) per bit per 32 of depth (UG1399: an ``ap_shift_reg`` is synthesized
+    into SRL resources)."""
+    return int(bits_wide) * math.ceil(max(int(depth), 0) / 32) if depth > 0 else 0
+
+
+def stream_elementwise(n, s: StreamShape, lut_per_bit: int, latency: int = 0) -> Resources:
+    """An elementwise op in io_stream: ``lut_per_bit x b`` LUTs and ``b`` FFs per lane
+    (one pixel's values), a pipelined loop of II 1 per pixel (hls4ml's nnet_activation_stream.h
+    / qsp's nnet_qsp_elementwise.h: ``#pragma HLS PIPELINE`` over pixels, ``UNROLL`` over
+    the word)."""
+    b = n.out_format.bits
+    return Resources(0, s.lanes * lut_per_bit * b, s.lanes * b, 0, 1 + latency, s.pixels)
+
 
 # ============================================================================ helpers of the rules
 def check_bound(node: Node, bound: int, what: str = "output") -> int:

@@ -71,6 +71,15 @@ class Add(_Join):
         return Resources(0, n.out_nonzero * (k - 1) * b, n.out_nonzero * b, 0,
                          math.ceil(ceil_log2(k) / ADDS_PER_STAGE), 1)
 
+    def stream_resources(self, n, s):
+        """io_stream (hls4ml nnet_merge_stream.h ``add``: one word of each input per cycle,
+        PIPELINE, UNROLL over the word): ``k - 1`` adders of ``b`` bits and ``b`` FFs per
+        lane; 1 + the adder stages, II 1 per pixel."""
+        b = n.out_format.bits
+        k = len(n.inputs) if n.inputs else 2
+        return Resources(0, s.lanes * (k - 1) * b, s.lanes * b, 0,
+                         1 + math.ceil(ceil_log2(k) / ADDS_PER_STAGE), s.pixels)
+
 
 @register
 class Concat(_Join):
@@ -89,3 +98,8 @@ class Concat(_Join):
     def counts(self, n, ins, bundle) -> CountOut:
         """0 MACs: wiring along the channel axis."""
         return CountOut(np.concatenate([s.alive for s in ins], axis=0).reshape(n.out_shape))
+
+    def stream_resources(self, n, s):
+        """io_stream (hls4ml nnet_merge_stream.h ``concatenate3d_2``: a word of each input
+        per pixel, placed side by side): wiring, 1 cycle, II 1 per pixel."""
+        return Resources(0, 0, 0, 0, 1, s.pixels)

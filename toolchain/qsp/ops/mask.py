@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BundleError, UnsupportedLayerError
-from .base import CountOut, Fixed, OpRule, need_info
+import math
+
+from .base import CountOut, Fixed, OpRule, Resources, need_info
 from .registry import register
 
 
@@ -38,3 +40,10 @@ class Mask(OpRule):
             raise UnsupportedLayerError(f"node {n.name!r} (mask): masks.npz has no '{n.name}.mask'")
         a = ins[0].alive
         return CountOut(a & (np.asarray(m) != 0).reshape(a.shape))
+
+    def stream_resources(self, n, s):
+        """io_stream (qsp's nnet_qsp_mask.h ``qsp_mask``): the mask is indexed by the pixel
+        counter, so it is no longer a constant: an AND per bit per lane (``b`` LUTs) and the
+        mask itself as a LUT-ROM of ``ceil(elements / 64)`` LUTs; 1 cycle, II 1 per pixel."""
+        b = n.out_format.bits
+        return Resources(0, s.lanes * b + math.ceil(n.out_elements / 64), s.lanes * b, 0, 1, s.pixels)

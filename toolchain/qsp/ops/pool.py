@@ -22,7 +22,7 @@ from ..bundle.schema import QuantNode
 from ..errors import QspError, UnsupportedLayerError
 from ..fixedpoint import FixedFormat, ceil_log2, round_np
 from .base import (FLOAT64_EXACT, CountOut, Fixed, LayerTypes, OpRule, Resources, TensorInfo, check_bound,
-                   need_info, pair, spatial, windows)
+                   need_info, pair, spatial, srl_luts, windows)
 from .registry import RULES, register
 from .weight import OneD
 
@@ -73,11 +73,33 @@ class _Pool(OpRule):
     def pool_window(self, node) -> int:
         return math.prod(node.kernel_size)
 
+    #: LUTs per bit of one window reduction step (max: comparator + mux; avg: adder)
+    reduce_luts = 1
+
+    def stream_resources(self, n, s):
+        """io_stream (hls4ml nnet_pooling_stream.h ``pooling2d_buffer_cl`` /
+        ``compute_pool_buffer_2d``, the same line buffer as a conv; a global pool is this
+        with the window = the map): line buffer ``(k_h - 1)`` rows x ``W_in`` x ``C`` x ``b``
+        in SRLs, the window ``k_h x k_w x C x b`` in FFs, ``(k - 1)`` reduction steps
+        (comparator + mux, or adder) of ``min(b, b_in + ceil(log2 k))`` bits per lane; first output after ``(k_h - 1) x W_in + k_w`` input pixels + the
+        reduction depth, II 1 per input pixel."""
+        (kh, kw) = spatial(n.node)["kernel"] if n.node is not None else (1, n.pool)
+        b_in, c, w_in = s.in_bits or n.out_format.bits, s.in_channels, s.in_width
+        b = n.out_format.bits
+        line = srl_luts((kh - 1) * c * b_in, w_in) if kh > 1 else 0
+        # an adder/comparator of the window never needs more than the input's bits plus the
+        # carries of k values (the constant upper bits of accum_t are trimmed by synthesis)
+        logic = s.lanes * (n.pool - 1) * self.reduce_luts * min(b, b_in + ceil_log2(n.pool))
+        depth = 1 + ceil_log2(n.pool) // 2
+        return Resources(0, line + logic, kh * kw * c * b_in + s.lanes * b, 0,
+                         (kh - 1) * w_in + kw + depth, max(s.in_pixels, s.pixels))
+
 
 @register
 class MaxPool2d(_Pool):
     op = "maxpool2d"
     hls_class = "Pooling2D"
+    reduce_luts = 2  # a comparator and a mux per bit, as in io_parallel
     commuting = transparent = True
     per_unit = True
 

@@ -8,7 +8,7 @@ a quantize that can fold nowhere becomes qsp's ``QspRequant`` (:data:`REQUANT`).
 from __future__ import annotations
 
 from ..fixedpoint import to_int_np
-from .base import Alive, CountOut, Fixed, OpRule, TensorInfo, elementwise
+from .base import Alive, CountOut, Fixed, OpRule, TensorInfo, elementwise, stream_elementwise
 from .registry import register
 
 
@@ -39,6 +39,11 @@ class Quantize(OpRule):
     def resources(self, n):
         """A rounding/saturating quantize: ``b`` LUTs per element."""
         return elementwise(n, 1)
+
+    def stream_resources(self, n, s):
+        """io_stream: ``b`` LUTs per lane (the rounding/saturating cast, folded into the
+        producer's cast or qsp's ``qsp_requant``, PIPELINE over pixels)."""
+        return stream_elementwise(n, s, 1)
 
 
 class Requant(OpRule):

@@ -3,7 +3,9 @@ exact on the codes; free in hardware (wiring)."""
 from __future__ import annotations
 
 from ..errors import BundleError
-from .base import CountOut, Fixed, OpRule, need_info
+import math
+
+from .base import CountOut, Fixed, OpRule, Resources, need_info
 from .registry import register
 
 
@@ -21,6 +23,20 @@ class Flatten(OpRule):
 
     def torch_forward(self, n, t, bundle, torch, F):
         return torch.flatten(t, 1)
+
+    def stream_words(self, in_shape, out_shape):
+        """The transpose before the flatten writes PyTorch's order: ``C x H`` words of ``W``
+        (``prod(in_shape[:-1])`` words of ``in_shape[-1]``; a 1 x 1 map: C words of 1)."""
+        return int(math.prod(in_shape[:-1])), int(in_shape[-1])
+
+    def stream_resources(self, n, s):
+        """io_stream: hls4ml puts a transpose (channels-last back to PyTorch's order) before
+        the Reshape (nnet_transpose_stream.h ``transpose``: the whole tensor in a completely
+        partitioned array, i.e. registers): ``elements x b`` FFs; it reads every input word
+        before it writes (first output after ``in_pixels`` + 1), II the larger of the words
+        read and written."""
+        b = n.out_format.bits
+        return Resources(0, 0, n.out_elements * b, 0, s.in_pixels + 1, max(s.in_pixels, s.pixels))
 
 
 @register

@@ -9,6 +9,8 @@ adder per alive output element (the kernel is unrolled over all elements).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import BundleError
@@ -103,3 +105,17 @@ class ScaleShift(OpRule):
         ff = n.out_nonzero * acc
         depth = {"DSP": 1}.get(kind, 0) + 1
         return Resources(dsp, lut, ff, 0, depth, 1, count, kind)
+
+    def stream_weight_resources(self, n, st, kernel, s, dsp_width=(27, 18)) -> Resources:
+        """io_stream (qsp's nnet_qsp_elementwise.h ``qsp_scale_shift``: PIPELINE over
+        pixels, UNROLL over the word): the io_parallel model for one pixel's lanes: one
+        constant multiplier per lane with a nonzero scale (``ceil(alive products / pixels)``),
+        one adder and ``acc`` FFs per lane; II 1 per pixel."""
+        w = n.weight
+        count = math.ceil(w.macs / max(s.pixels, 1))
+        dsp, lut, kind = multipliers(n, count, True, dsp_width)
+        acc = w.acc_format.bits
+        lut += s.lanes * min(acc, w.weight_bits + w.in_format.bits + 1)
+        depth = {"DSP": 1}.get(kind, 0) + 1
+        return Resources(dsp, lut, s.lanes * acc, 0, depth + 1, s.pixels, count, kind)
+

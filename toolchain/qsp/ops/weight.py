@@ -23,8 +23,8 @@ import numpy as np
 from ..bundle.schema import as_2d
 from ..fixedpoint import FixedFormat
 from .base import (CHUNK_ELEMENTS, Alive, CountOut, Fixed, LayerTypes, OpRule, TensorInfo, acc_format,
-                   bias_codes, check_bound, hw, int_matmul, need_info, pair, spatial, weight_codes, weight_format,
-                   weight_info, weights_of, windows)
+                   bias_codes, check_bound, hw, int_matmul, need_info, pair, replace_timing, spatial, srl_luts,
+                   weight_codes, weight_format, weight_info, weights_of, windows)
 from .registry import register
 
 
@@ -225,6 +225,32 @@ class Conv2d(_WeightLayer):
         if n.op == "conv2d" and n.groups > 1:
             return "DepthwiseConv2D" if n.depthwise and n.in_channels == n.out_channels else "QspGroupedConv2d"
         return ""
+
+    def stream_weight_resources(self, n, st, kernel, s, dsp_width=(27, 18)):
+        """io_stream, hls4ml's ``conv_implementation::linebuffer`` (nnet_conv2d_stream.h
+        ``conv_2d_buffer_cl``, nnet_conv_stream.h ``shift_line_buffer`` /
+        ``compute_output_buffer_2d``; a conv1d or k_h = 1: ``compute_output_buffer_1d``, no
+        line buffer). The input arrives zero-padded (hls4ml inserts a ZeroPadding layer,
+        counted by the driver), so ``W_in`` is the padded width.
+
+        * the kernel: ``kernel``, the io_parallel model of ONE kernel instance at the layer's
+          strategy and reuse factor R (multipliers, adders, weight ROM);
+        * line buffer: ``ap_shift_reg<T, W_in> line_buffer[k_h - 1][C_in]``, synthesized into
+          SRLs (UG1399, ap_shift_reg): ``(k_h - 1) x C_in x b_in`` shift registers of depth
+          ``W_in``, ``ceil(W_in / 32)`` SRLC32E LUTs each;
+        * the window ``kernel_data[k_h x k_w x C_in]``, completely partitioned: FFs;
+        * timing: one input pixel every R cycles (``PIPELINE II = reuse_factor``; Resource:
+          the dense_resource loop of R iterations), II = ``in_pixels x R``; first output after
+          ``((k_h - 1) x W_in + k_w) x R`` + the kernel's pipeline depth."""
+        (kh, kw) = spatial(n.node)["kernel"]
+        r = max(int(st.reuse_factor), 1) if st is not None else 1
+        depth = kernel.latency_cycles - (n.weight.positions - 1) * r
+        c, b_in, w_in = s.in_channels, n.weight.in_format.bits, s.in_width
+        line = srl_luts((kh - 1) * c * b_in, w_in) if kh > 1 else 0
+        out = replace_timing(kernel, ((kh - 1) * w_in + kw) * r + depth, s.in_pixels * r)
+        out.lut += line
+        out.ff += kh * kw * c * b_in
+        return out
 
     def latency_only(self, node) -> str:
         if max(int(getattr(node, "groups", 1) or 1), 1) > 1:
