@@ -91,23 +91,25 @@ def compile_(a) -> int:
         if a.only and d.name not in a.only:
             continue
         res_dir = runs if (runs / f"{d.name}.json").exists() else runs.parent  # beside the train JSON
-        default = a.board == "pynq-z2"  # other boards: their own JSON and project directory
-        hw = res_dir / (f"{d.name}_hw.json" if default else f"{d.name}_hw_{a.board}.json")
+        default = a.board == "pynq-z2" and a.io_type == "io_parallel"  # others: their own JSON and directories
+        tag = "" if default else f"_{a.board}" + ("" if a.io_type == "io_parallel" else f"_{a.io_type}")
+        hw = res_dir / f"{d.name}_hw{tag}.json"
         if hw.exists() and not a.force:
             continue
         t0 = time.time()
-        out = d / ("hls" if default else f"hls_{a.board}")
-        r = subprocess.run(["qsp-compile", str(d / "bundle"), "--board", a.board, "--out", str(out),
-                            "--max-inputs", str(a.max_inputs)], capture_output=True, text=True)
+        out = d / f"hls{tag}"
+        r = subprocess.run(["qsp-compile", str(d / "bundle"), "--board", a.board, "--io-type", a.io_type,
+                            "--out", str(out), "--max-inputs", str(a.max_inputs)], capture_output=True, text=True)
         v = json.loads((out / "verify.json").read_text()) if (out / "verify.json").exists() else {}
-        est_dir = d / ("estimate" if default else f"estimate_{a.board}")
-        subprocess.run(["qsp-estimate", str(d / "bundle"), "--board", a.board, "--out", str(est_dir)],
-                       capture_output=True, text=True)
+        est_dir = d / f"estimate{tag}"
+        subprocess.run(["qsp-estimate", str(d / "bundle"), "--board", a.board, "--io-type", a.io_type,
+                        "--out", str(est_dir)], capture_output=True, text=True)
         e = json.loads((est_dir / "estimate.json").read_text()) if (est_dir / "estimate.json").exists() else {}
         res = {"run": d.name, "board": a.board, "compile_rc": r.returncode, "compile_wall_s": round(time.time() - t0, 1),
                "verify": v.get("summary"), "stderr_tail": r.stderr[-2000:] if r.returncode else "",
-               "estimate": _board_estimate(e, a.board), "command": f"qsp-compile {d / 'bundle'} --board {a.board} "
-               f"--max-inputs {a.max_inputs}; qsp-estimate {d / 'bundle'} --board {a.board}"}
+               "io_type": a.io_type, "estimate": _board_estimate(e, a.board),
+               "command": f"qsp-compile {d / 'bundle'} --board {a.board} --io-type {a.io_type} --max-inputs "
+               f"{a.max_inputs}; qsp-estimate {d / 'bundle'} --board {a.board} --io-type {a.io_type}"}
         hw.write_text(json.dumps(res, indent=1))
         print(d.name, json.dumps(res["verify"]), res["estimate"].get("verdict"))
     return 0
@@ -203,6 +205,7 @@ def main(argv=None) -> int:
     c = sub.add_parser("compile")
     c.add_argument("--runs", default="benchmarks/results/real_networks")
     c.add_argument("--board", default="pynq-z2")
+    c.add_argument("--io-type", default="io_parallel", choices=["io_parallel", "io_stream"])
     c.add_argument("--max-inputs", type=int, default=2000)
     c.add_argument("--force", action="store_true")
     c.add_argument("--only", nargs="*", default=None, help="run directories to compile (default all)")
