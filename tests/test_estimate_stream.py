@@ -213,6 +213,7 @@ def test_cli_io_type_flag(tmp_path, capsys):
     d = json.loads((tmp_path / "o" / "estimate.json").read_text())
     assert d["io_type"] == "io_stream" and d["boards"][0]["io_type"] == "io_stream"
     assert any(k.startswith("fifo:") for k in d["boards"][0]["plan"]["layers"])
+    assert "io_stream design" in (tmp_path / "o" / "report.html").read_text()
     assert main([str(path), "--board", "all"]) == 0
     assert "io_type io_parallel" in capsys.readouterr().out
     with pytest.raises(SystemExit):

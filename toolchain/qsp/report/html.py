@@ -158,6 +158,8 @@ def render_report(est, runs_dir=None, title: str | None = None, board: str | Non
     # ---- boards
     if est.boards:
         parts.append("<h2>Boards</h2>")
+        parts.append(f'<p class="note">Modelled as hls4ml\'s {escape(getattr(est, "io_type", "io_parallel"))} design '
+                     "(docs/estimate.md).</p>")
         if est.hardware is not None:
             parts.append(f'<p class="note">{escape(est.hardware.describe())}: resources, latency and verdicts '
                          "below are those of this graph; totals and the per-layer table above are the bundle "
