@@ -141,12 +141,19 @@ def boards(a) -> int:
     return 0
 
 
+def _other(h: dict) -> str:
+    p = ((h.get("verify") or {}).get("paths") or {}).get("csim_testbench") or {}
+    return (f"{h['board']} {h.get('io_type', 'io_parallel')}: {p.get('mismatches', '-')} / {p.get('compared', '-')}, "
+            f"{(h.get('estimate') or {}).get('verdict', '-')}")
+
+
 def summary(a) -> int:
     runs = Path(a.runs)
     if not any(runs.glob("*_*.json")) and any(runs.parent.glob("*_*.json")):
         runs = runs.parent
     rows = []
-    names = [f.stem for f in runs.glob("*_*.json") if not f.stem.endswith(("_hw", "_boards")) and f.stem != "summary"]
+    names = [f.stem for f in runs.glob("*_*.json")
+             if not f.stem.endswith(("_hw", "_boards")) and "_hw_" not in f.stem and f.stem != "summary"]
     key = {f"{m}_{meth}": (i, j) for i, m in enumerate(MODELS) for j, meth in enumerate(METHODS)}
     for name in sorted(names, key=lambda n: (min((v for k, v in key.items() if n.startswith(k)), default=(9, 9)), n)):
         r = json.loads((runs / f"{name}.json").read_text())
@@ -154,25 +161,33 @@ def summary(a) -> int:
         hwf = runs / f"{name}_hw.json"
         if hwf.exists():
             r["hw"] = json.loads(hwf.read_text())
+        r["other_hw"] = [json.loads(f.read_text()) for f in sorted(runs.glob(f"{name}_hw_*.json"))]
         bf = runs / f"{name}_boards.json"
         if bf.exists():
             r["fits"] = json.loads(bf.read_text())["fits"]
         rows.append(r)
     (runs / "summary.json").write_text(json.dumps(rows, indent=1))
     lines = ["| run | model | method | start | epochs | float acc % | acc % | delta | PD vs float | BOPs vs FP32 | "
-             "csim mismatches / outputs (2,000 inputs) | pynq-z2 | fits (qsp-estimate) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "csim mismatches / outputs (2,000 inputs) | pynq-z2 | fits (qsp-estimate) | other compiles: csim "
+             "mismatches / outputs, qsp-estimate there |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         v = (r.get("hw") or {}).get("verify") or {}
         p = v.get("paths", {}).get("csim_testbench", {})
         start = "scratch" if not r.get("init") else f"float ({r.get('float_epochs', '?')} ep)"
+        start += f", finetune {r['finetune']}" if r.get("finetune") else ""
+        start += f", distill {r['distill']}" if r.get("distill") else ""
+        start += f", seed {r['seed']}" if r.get("seed") else ""
+        w = r.get("command", "").split()
+        start += f", bops_target {w[w.index('--bops-target') + 1]}" if "--bops-target" in w else ""
         lines.append(f"| {r['run']} | {r['model']} | {r['method']} | {start} | {r['epochs']} | {r['float_accuracy']:.2f} | "
                      f"{r['accuracy']:.2f} | "
                      f"{r['delta_points']:+.2f} | {r['pd_ratio_vs_float']:.1f}x | "
                      f"{(str(round(r['bops_reduction'], 1)) + 'x') if 'bops_reduction' in r else '-'} | "
                      f"{p.get('mismatches', '-')} / {p.get('compared', '-')} | "
                      f"{((r.get('hw') or {}).get('estimate') or {}).get('verdict', '-')} | "
-                     f"{(', '.join(r['fits']) or 'none') if 'fits' in r else '-'} |")
+                     f"{(', '.join(r['fits']) or 'none') if 'fits' in r else '-'} | "
+                     f"{'; '.join(_other(h) for h in r['other_hw']) or '-'} |")
     (runs / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
