@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedLayerError
+from ..ops.pool import is_global
 from .precision import PrecisionPlan
 from ..registry import Registry
 
@@ -71,6 +72,9 @@ def _maxpool1d(bundle, n):
 
 @builds("avgpool1d")
 def _avgpool1d(bundle, n):
+    if is_global(n):  # hls4ml's global_pooling1d_cl (qsp.ops.pool.is_global)
+        from .extension import QspGlobalAvgPool1d
+        return QspGlobalAvgPool1d()
     return nn.AvgPool1d(int(n.kernel_size[0]), int(n.stride[0]))
 
 
@@ -86,6 +90,9 @@ def _maxpool(bundle, n):
 
 @builds("avgpool2d")
 def _avgpool(bundle, n):
+    if is_global(n):  # hls4ml's global_pooling2d_cl (qsp.ops.pool.is_global)
+        from .extension import QspGlobalAvgPool2d
+        return QspGlobalAvgPool2d()
     return nn.AvgPool2d(tuple(n.kernel_size), tuple(n.stride))
 
 

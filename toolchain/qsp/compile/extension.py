@@ -12,6 +12,14 @@ io_parallel, ``hls::stream`` overload for io_stream):
 * ``QspScaleShift``: per-channel ``x * scale + shift`` (``hls/nnet_qsp_elementwise.h``);
 * ``QspClip``: ``min(max(x, lo), hi)`` (ReLU6, Hardtanh; ``hls/nnet_qsp_elementwise.h``).
 
+* ``QspGlobalAvgPool2d`` / ``QspGlobalAvgPool1d``: an average pooling whose window is the
+  whole map (``AdaptiveAvgPool2d(1)``, ``x.mean((2, 3))``), as hls4ml's own
+  ``global_pooling2d_cl`` / ``global_pooling1d_cl`` (``nnet_pooling.h`` and
+  ``nnet_pooling_stream.h``: one ``accum_t`` accumulator per channel, no window buffer); the
+  IR layers are hls4ml's ``GlobalPooling2D`` / ``GlobalPooling1D`` keeping the ``[C, 1, 1]``
+  / ``[C, 1]`` shape of the bundle node (hls4ml's own is ``[C]``, which its channels-last
+  pass cannot flatten), so the layers after it are as with the windowed ``Pooling2D``.
+
 Two more torch modules only need a parser, mapping to hls4ml's own IR layers:
 
 * ``QspDepthwiseConv2d`` -> hls4ml's ``DepthwiseConv2D``;
@@ -32,7 +40,7 @@ import torch.nn.functional as F
 import hls4ml
 from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate
 from hls4ml.model.attributes import Attribute, WeightAttribute
-from hls4ml.model.layers import Layer, register_layer
+from hls4ml.model.layers import GlobalPooling1D, GlobalPooling2D, Layer, register_layer
 from hls4ml.model.types import IntegerPrecisionType
 from hls4ml.utils.torch import HLS4MLModule
 
@@ -178,6 +186,20 @@ class QspScaleShift(HLS4MLModule):
         return x * self.scale.view(shape) + self.shift.view(shape)
 
 
+class QspGlobalAvgPool2d(HLS4MLModule):
+    """Average pooling over the whole (H, W) map, NCHW -> (N, C, 1, 1)."""
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, 1)
+
+
+class QspGlobalAvgPool1d(HLS4MLModule):
+    """Average pooling over the whole length, NCL -> (N, C, 1)."""
+
+    def forward(self, x):
+        return F.adaptive_avg_pool1d(x, 1)
+
+
 class QspAdd(HLS4MLModule):
     """``a + b``; parsed into hls4ml's own ``Merge`` (add) layer, named after the module
     (a functional ``+`` would be named by torch.fx, not by qsp). Precision key ``result``."""
@@ -316,7 +338,37 @@ def _parse_clip(operation, layer_name, input_names, input_shapes, node, class_ob
     return layer, list(input_shapes[0])
 
 
+def _parse_gap2d(operation, layer_name, input_names, input_shapes, node, class_object, data_reader, config):
+    _, c, h, w = input_shapes[0]
+    layer = {"class_name": "QspGlobalPool2D", "name": layer_name, "inputs": input_names,
+             "data_format": "channels_first", "in_height": h, "in_width": w, "n_filt": c, "pool_op": "Average"}
+    return layer, [input_shapes[0][0], c, 1, 1]
+
+
+def _parse_gap1d(operation, layer_name, input_names, input_shapes, node, class_object, data_reader, config):
+    _, c, n = input_shapes[0]
+    layer = {"class_name": "QspGlobalPool1D", "name": layer_name, "inputs": input_names,
+             "data_format": "channels_first", "n_in": n, "n_filt": c, "pool_op": "Average"}
+    return layer, [input_shapes[0][0], c, 1]
+
+
 # ============================================================================ IR layers
+class QspGlobalPool2D(GlobalPooling2D):
+    """hls4ml's GlobalPooling2D (its accum/reuse attributes and C++), output ``[C, 1, 1]``
+    (channels first, like Pooling2D; hls4ml's channels-last pass makes it ``[1, 1, C]``)."""
+
+    def initialize(self):
+        self.add_output_variable([self.attributes["n_filt"], 1, 1])
+        self.set_attr("pool_op", "Average")
+
+
+class QspGlobalPool1D(GlobalPooling1D):
+    """hls4ml's GlobalPooling1D, output ``[C, 1]`` (channels last: ``[1, C]``)."""
+
+    def initialize(self):
+        self.add_output_variable([self.attributes["n_filt"], 1])
+        self.set_attr("pool_op", "Average")
+
 class QspMaskHLS(Layer):
     _expected_attributes = [Attribute("n_in"), WeightAttribute("mask")]
 
@@ -401,6 +453,66 @@ _CLIP_CONFIG = """struct config{index} : nnet::qsp_clip_config {{
 _CLIP_CALL = "nnet::qsp_clip<{input_t}, {output_t}, {config}>({input}, {output});"
 
 
+# hls4ml's global pooling config (backends/vivado/passes/pooling_templates.py) with the
+# window and output sizes spelled out: the C++ asserts pool = stride, and the io_parallel
+# ALLOCATION limit reads out_height x out_width
+_GP2D_CONFIG = """struct config{index} : nnet::pooling2d_config {{
+    static const unsigned in_height = {in_height};
+    static const unsigned in_width = {in_width};
+    static const unsigned n_filt = {n_filt};
+    static const unsigned pool_height = in_height;
+    static const unsigned pool_width = in_width;
+    static const unsigned stride_height = in_height;
+    static const unsigned stride_width = in_width;
+    static const unsigned out_height = 1;
+    static const unsigned out_width = 1;
+    static const unsigned pad_top = 0;
+    static const unsigned pad_bottom = 0;
+    static const unsigned pad_left = 0;
+    static const unsigned pad_right = 0;
+    static const nnet::Pool_Op pool_op = nnet::{pool_op};
+    static const unsigned reuse_factor = {reuse};
+    typedef {accum_t.name} accum_t;
+}};\n"""
+_GP2D_CALL = "nnet::global_pooling2d_{data_format}<{input_t}, {output_t}, {config}>({input}, {output});"
+_GP1D_CONFIG = """struct config{index} : nnet::pooling1d_config {{
+    static const unsigned n_in = {n_in};
+    static const unsigned n_filt = {n_filt};
+    static const unsigned pool_width = n_in;
+    static const unsigned stride_width = n_in;
+    static const unsigned n_out = 1;
+    static const unsigned pad_left = 0;
+    static const unsigned pad_right = 0;
+    static const nnet::Pool_Op pool_op = nnet::{pool_op};
+    static const unsigned reuse_factor = {reuse};
+    typedef {accum_t.name} accum_t;
+}};\n"""
+_GP1D_CALL = "nnet::global_pooling1d_{data_format}<{input_t}, {output_t}, {config}>({input}, {output});"
+_POOL_HEADERS = ["nnet_utils/nnet_pooling.h", "nnet_utils/nnet_pooling_stream.h"]
+
+
+def _global_pool_templates(layer_cls, config, call):
+    class _C(LayerConfigTemplate):
+        def __init__(self):
+            super().__init__(layer_cls)
+
+        def format(self, node):
+            return config.format(**self._default_config_params(node))
+
+    class _F(FunctionCallTemplate):
+        def __init__(self):
+            super().__init__(layer_cls, include_header=_POOL_HEADERS)
+
+        def format(self, node):
+            params = self._default_function_params(node)
+            params["data_format"] = "cf" if node.get_attr("data_format") == "channels_first" else "cl"
+            return call.format(**params)
+
+    _C.__name__ = f"{layer_cls.__name__}ConfigTemplate"
+    _F.__name__ = f"{layer_cls.__name__}FunctionTemplate"
+    return _C, _F
+
+
 def _config_template(layer_cls, text):
     class _T(LayerConfigTemplate):
         def __init__(self):
@@ -453,6 +565,9 @@ def _parse_concat(operation, layer_name, input_names, input_shapes, node, class_
     return layer, out
 
 
+#: torch class, parser, IR class (hls4ml's layer, qsp's shape), config, call (hls4ml's C++)
+_GLOBAL_POOLS = [("QspGlobalAvgPool2d", _parse_gap2d, QspGlobalPool2D, _GP2D_CONFIG, _GP2D_CALL),
+                 ("QspGlobalAvgPool1d", _parse_gap1d, QspGlobalPool1D, _GP1D_CONFIG, _GP1D_CALL)]
 #: torch classes whose parser maps to one of hls4ml's own IR layers (no templates of ours)
 _NATIVE = [("QspAdd", _parse_add), ("QspConcat", _parse_concat), ("QspDepthwiseConv2d", _parse_depthwise), ("QspGroupedConv2d", _parse_grouped)]
 _registered = False
@@ -468,8 +583,14 @@ def register() -> None:
         register_layer(ir_cls.__name__, ir_cls)
     for torch_name, parser in _NATIVE:
         hls4ml.converters.register_pytorch_layer_handler(torch_name, parser)
+    for torch_name, parser, ir_cls, _c, _f in _GLOBAL_POOLS:
+        hls4ml.converters.register_pytorch_layer_handler(torch_name, parser)
+        register_layer(ir_cls.__name__, ir_cls)
     for backend_name in BACKENDS:
         backend = hls4ml.backends.get_backend(backend_name)
+        for _t, _p, ir_cls, cfg, call in _GLOBAL_POOLS:
+            for tmpl in _global_pool_templates(ir_cls, cfg, call):
+                backend.register_template(tmpl)
         for _t, _p, ir_cls, cfg, call, header, weights in _LAYERS:
             backend.register_template(_config_template(ir_cls, cfg))
             backend.register_template(_call_template(ir_cls, call, header, weights))

@@ -21,8 +21,8 @@ import numpy as np
 from ..bundle.schema import QuantNode
 from ..errors import QspError, UnsupportedLayerError
 from ..fixedpoint import FixedFormat, ceil_log2, round_np
-from .base import (FLOAT64_EXACT, CountOut, Fixed, LayerTypes, OpRule, Resources, TensorInfo, check_bound,
-                   need_info, pair, spatial, srl_luts, windows)
+from .base import (FLOAT64_EXACT, CountOut, Fixed, LayerTypes, OpRule, Resources, TensorInfo, check_bound, csd_digits,
+                   hw, need_info, pair, spatial, srl_luts, windows)
 from .registry import RULES, register
 from .weight import OneD
 
@@ -34,6 +34,30 @@ def avgpool_frac(in_frac: int, window: int, next_quant_frac: int | None) -> int:
         return in_frac + ceil_log2(window)
     base = in_frac if next_quant_frac is None else max(in_frac, next_quant_frac + 1)
     return base + ceil_log2(window)
+
+
+def is_global(node) -> bool:
+    """A pooling node whose one window is its whole input map (kernel = the input's
+    ``(H, W)``, or ``L`` for a 1-D node; stride = kernel; pooling nodes have no padding):
+    ``AdaptiveAvgPool2d(1)``, ``x.mean((2, 3))``. hls4ml's global pooling
+    (``global_pooling2d_cl`` / ``global_pooling1d_cl``) computes it."""
+    if node.op not in ("avgpool2d", "avgpool1d", "maxpool2d", "maxpool1d"):
+        return False
+    sp = spatial(node)
+    return tuple(sp["kernel"]) == hw(node.in_shape) and tuple(sp["stride"]) == tuple(sp["kernel"])
+
+
+def const_div_luts(bits: int, n: int) -> int:
+    """LUTs of one division of a ``bits``-bit value by the constant ``n`` (hls4ml's
+    ``accum_t / (in_height * in_width)``): free (a shift, wiring) when ``n`` is a power of
+    two, else the multiply by the reciprocal that synthesis reduces it to (the quotient's
+    ``bits`` x the ``bits + ceil(log2 n)``-bit constant ``ceil(2**(bits + ceil(log2 n)) / n)``
+    as shift-adds: one ``bits``-bit adder per CSD digit after the first)."""
+    if n <= 1 or n & (n - 1) == 0:
+        return 0
+    magic = -(-(1 << (bits + ceil_log2(n))) // n)
+    digits = int(csd_digits(np.array([magic], dtype=np.int64))[0]) if magic < 2 ** 62 else bits
+    return max(digits - 1, 0) * bits
 
 
 def next_quant_frac(ctx) -> int | None:
@@ -77,12 +101,33 @@ class _Pool(OpRule):
     reduce_luts = 1
 
     def stream_resources(self, n, s):
+        """io_stream (hls4ml nnet_pooling_stream.h ``global_pooling2d_cl`` for a global average
+        pool (:meth:`global_stream_resources`), else ``pooling2d_buffer_cl`` /
+        ``compute_pool_buffer_2d``, below)."""
+        if n.node is not None and self.hls_class_of(n.node).startswith("Global"):
+            return self.global_stream_resources(n, s)
+        return self.window_stream_resources(n, s)
+
+    def global_stream_resources(self, n, s):
+        """io_stream global average pooling (hls4ml nnet_pooling_stream.h
+        ``global_pooling2d_cl``: ``data_window[C]`` of ``accum_t``, one input pixel added per
+        cycle, then ``data_window[c] / (H x W)`` cast to ``res_t``): per lane one accumulator
+        (FFs) and one adder of ``b_acc = min(b, b_in + ceil(log2 k))`` bits, one division by
+        the constant ``k`` (:func:`const_div_luts`), the output word in FFs; no line buffer,
+        no window. First output after every input pixel + the divider, II 1 per input pixel."""
+        b_in, b = s.in_bits or n.out_format.bits, n.out_format.bits
+        b_acc = min(b, b_in + ceil_log2(n.pool))
+        lut = s.lanes * (b_acc + const_div_luts(b_acc, n.pool))
+        ff = s.lanes * (b_acc + b)
+        return Resources(0, lut, ff, 0, s.in_pixels + 2, max(s.in_pixels, s.pixels))
+
+    def window_stream_resources(self, n, s):
         """io_stream (hls4ml nnet_pooling_stream.h ``pooling2d_buffer_cl`` /
-        ``compute_pool_buffer_2d``, the same line buffer as a conv; a global pool is this
-        with the window = the map): line buffer ``(k_h - 1)`` rows x ``W_in`` x ``C`` x ``b``
+        ``compute_pool_buffer_2d``, the same line buffer as a conv; a global max pool is
+        this with the window = the map): line buffer ``(k_h - 1)`` rows x ``W_in`` x ``C`` x ``b``
         in SRLs, the window ``k_h x k_w x C x b`` in FFs, ``(k - 1)`` reduction steps
-        (comparator + mux, or adder) of ``min(b, b_in + ceil(log2 k))`` bits per lane; first output after ``(k_h - 1) x W_in + k_w`` input pixels + the
-        reduction depth, II 1 per input pixel."""
+        (comparator + mux, or adder) of ``min(b, b_in + ceil(log2 k))`` bits per lane; first
+        output after ``(k_h - 1) x W_in + k_w`` input pixels + the reduction depth, II 1 per input pixel."""
         (kh, kw) = spatial(n.node)["kernel"] if n.node is not None else (1, n.pool)
         b_in, c, w_in = s.in_bits or n.out_format.bits, s.in_channels, s.in_width
         b = n.out_format.bits
@@ -163,17 +208,33 @@ class AvgPool2d(_Pool):
                     "quantize its output (add a quantizer after the pooling) to compile it")
             exact = FixedFormat(c.bits + lg, c.frac + lg, c.signed)
             # the window sum needs lg more integer bits than the mean (hls4ml sums in accum)
-            return LayerTypes(exact, accum=FixedFormat(c.bits + 2 * lg, c.frac + lg, c.signed))
+            return LayerTypes(exact, accum=FixedFormat(c.bits + 2 * lg, c.frac + lg, c.signed),
+                              hls_class=self.hls_class_of(n))
         # the window sum goes to accum, is divided keeping accum's fraction bits (truncation
         # toward zero), then cast to result: exact when accum keeps enough fraction bits
         frac = avgpool_frac(c.frac, cnt, post.frac)
         acc = FixedFormat(c.integer + (0 if c.signed else 1) + lg + frac, frac, True)  # + a sign bit for unsigned input
-        return LayerTypes(acc, accum=acc)
+        return LayerTypes(acc, accum=acc, hls_class=self.hls_class_of(n))
+
+    #: hls4ml's class of a global average pooling node (see :func:`is_global`)
+    global_class = "GlobalPooling2D"
+
+    def hls_class_of(self, node) -> str:
+        """A global window (:func:`is_global`) is hls4ml's global pooling: the same sum in
+        ``accum_t`` and the same division (``accum_t`` divided by the window size, an
+        unsigned int: the quotient keeps ``accum_t``'s fraction bits, truncated toward
+        zero, then cast to ``result_t``), without the window buffer; docs/hls4ml-ops.md."""
+        return self.global_class if is_global(node) else ""
 
     def resources(self, n):
-        """``(k-1)`` adders per output (global pooling: kernel = the map)."""
+        """``(k-1)`` adders per output; a global pool (hls4ml's ``global_pooling2d_cl``, the
+        same sum and division, all pixels at once) adds its division by the constant ``k``
+        per output (:func:`const_div_luts`)."""
         b = n.out_format.bits
-        return Resources(0, n.out_nonzero * (n.pool - 1) * b, n.out_nonzero * b, 0, 1 + ceil_log2(n.pool) // 2, 1)
+        lut = n.out_nonzero * (n.pool - 1) * b
+        if n.node is not None and self.hls_class_of(n.node).startswith("Global"):
+            lut += n.out_nonzero * const_div_luts(b, n.pool)
+        return Resources(0, lut, n.out_nonzero * b, 0, 1 + ceil_log2(n.pool) // 2, 1)
 
 
 @register
@@ -189,6 +250,7 @@ class MaxPool1d(OneD, MaxPool2d):
 class AvgPool1d(OneD, AvgPool2d):
     op = "avgpool1d"
     hls_class = "Pooling1D"
+    global_class = "GlobalPooling1D"
 
     def torch_forward(self, n, t, bundle, torch, F):
         return F.avg_pool1d(t, int(n.kernel_size[0]), int(n.stride[0]))
