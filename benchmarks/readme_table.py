@@ -130,7 +130,7 @@ def _flag(r: dict, flag: str) -> str:
 
 def _runs(sub: str, pattern: str) -> list[dict]:
     return [dict(load(p.relative_to(RESULTS).as_posix()), run=p.stem) for p in sorted((RESULTS / RN / sub).glob(pattern))
-            if not p.stem.endswith(("_hw", "_boards"))]
+            if not p.stem.endswith(("_hw", "_boards")) and "_hw_" not in p.stem]
 
 
 def real_djpq_row() -> str:
@@ -159,29 +159,53 @@ def real_djpq_row() -> str:
 
 
 def real_csim_row() -> str:
-    hw = sorted((RESULTS / RN).glob("*_hw.json")) + sorted((RESULTS / RN / "long").glob("*_hw.json")) \
-        + sorted((RESULTS / RN / "djpq_init").glob("*_hw.json")) \
-        + sorted((RESULTS / RN / "djpq_finetune").glob("*_hw.json"))
+    """Every compiled real-network design (``*_hw.json``: pynq-z2 part, io_parallel; ``*_hw_<board>_io_stream.json``:
+    io_stream for that board) with its three-way verification."""
+    dirs = [RESULTS / RN, RESULTS / RN / "long", RESULTS / RN / "djpq_init", RESULTS / RN / "djpq_finetune"]
+    hw = [f for d in dirs for f in sorted(d.glob("*_hw*.json"))]
     compared, bad = {}, {}
-    names = []
+    names, stream = [], []
     for f in hw:
-        v = json.loads(f.read_text()).get("verify") or {}
+        d = json.loads(f.read_text())
+        v = d.get("verify") or {}
         if not (v.get("paths") or {}).get("csim_testbench"):
             continue
         for path, c in v["paths"].items():
             compared[path] = compared.get(path, 0) + c["compared"]
             bad[path] = bad.get(path, 0) + c["mismatches"]
-        names.append(f.stem[:-3])
+        names.append(f.stem)
+        if d.get("io_type") == "io_stream":
+            stream.append(f"{d['run'].split('_djpq_')[1] if '_djpq_' in d['run'] else d['run']} on {d['board']} "
+                          f"({(d.get('estimate') or {}).get('verdict', '-')})")
+    boards = sorted({json.loads(f.read_text()).get("board") for f in hw if "_io_stream" in f.stem})
     paths = "; ".join(f"{k} {bad[k]} of {compared[k]:,}" for k in sorted(compared))
     fits = {}
     for f in sorted((RESULTS / RN).glob("*_boards.json")):
         fits[f.stem[:-7]] = json.loads(f.read_text()).get("fits", [])
     fit_txt = "; ".join(f"{NET_NAMES.get(k.rsplit('_', 1)[0], k)} ({k.rsplit('_', 1)[1]}): {', '.join(v) or 'none'}"
                         for k, v in fits.items())
-    return (f"| real networks compiled and C-simulated (pynq-z2 part, io_parallel, 2,000 test inputs each) | "
-            f"{len(names)} trained designs; outputs differing from the emulation: {paths}; boards qsp-estimate finds "
-            f"fitting (io_parallel): "
-            f"{fit_txt} | 2-core CPU, `benchmarks/results/{RN}/**/*_hw.json`, `*_boards.json` |")
+    return (f"| real networks compiled and C-simulated (2,000 test inputs each) | "
+            f"{len(names)} compiled designs ({len(names) - len(stream)} io_parallel for the pynq-z2 part; {len(stream)} "
+            f"io_stream for {', '.join(boards) or '-'}, qsp-estimate's verdict there: {', '.join(stream) or '-'}); "
+            f"outputs differing from the emulation: {paths}; boards qsp-estimate finds fitting (io_parallel, the "
+            f"first runs): {fit_txt} | 2-core CPU, `benchmarks/results/{RN}/**/*_hw*.json`, `*_boards.json` |")
+
+
+def stream_fit_row() -> str:
+    """The estimator's io_parallel vs io_stream verdicts for the fine-tuned DJPQ designs
+    (benchmarks/estimate_stream.py)."""
+    d = load("estimate_stream.json")
+    cells = []
+    for run, n in d["networks"].items():
+        if "_djpq_" not in run:
+            continue
+        fits = {io: [b for b, r in n["boards"].items() if r[io]["verdict"].startswith("fits")]
+                for io in ("io_parallel", "io_stream")}
+        cells.append(f"{NET_NAMES[run.split('_djpq_')[0]]} ({run.split('_djpq_')[1]}): io_parallel "
+                     f"{', '.join(fits['io_parallel']) or 'none'}; io_stream {', '.join(fits['io_stream']) or 'none'}")
+    return ("| boards the estimator finds a fitting plan on, DJPQ designs with the fine-tuning phase (analytic model; "
+            "io_stream: one FIFO per stream at hls4ml's default depth) | " + " <br> ".join(cells)
+            + " | 2-core CPU, `benchmarks/results/estimate_stream.json` |")
 
 
 def djpq_step_row() -> str:
@@ -236,7 +260,7 @@ def lenet_pd_row() -> str:
 
 
 def table() -> str:
-    rows = [default_flow_row(), real_qsparse_row(), real_djpq_row(), real_csim_row(), lenet_pd_row(), djpq_row(), djpq_step_row(), overhead_row(),
+    rows = [default_flow_row(), real_qsparse_row(), real_djpq_row(), real_csim_row(), stream_fit_row(), lenet_pd_row(), djpq_row(), djpq_step_row(), overhead_row(),
             compile_row(), ddp_row()]
     return "\n".join([BEGIN, "| what | result | where |", "|---|---|---|", *rows, END])
 
