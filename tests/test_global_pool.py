@@ -16,6 +16,8 @@ from qsp.errors import VerificationError
 from qsp.fixedpoint import FixedFormat
 from qsp.ops.pool import is_global
 
+from tests.conftest import needs_gxx
+
 from .graphs import avgpool, conv, linear, make, quant, random_codes
 
 
@@ -74,6 +76,7 @@ def test_is_global():
     assert not is_global(AvgPool1dNode(name="p", in_shape=[4, 6], out_shape=[4, 3], kernel_size=[2], stride=[2]))
 
 
+@needs_gxx
 @pytest.mark.parametrize("io_type", ["io_parallel", "io_stream"])
 @pytest.mark.parametrize("h, post", [(7, True), (3, True), (4, False)])
 def test_global_avgpool_is_hls4ml_global_pooling_and_bit_exact(h, post, io_type, tmp_path):
@@ -99,6 +102,7 @@ def test_global_avgpool_is_hls4ml_global_pooling_and_bit_exact(h, post, io_type,
         assert lp.accum.frac > 4 + 3
 
 
+@needs_gxx
 @pytest.mark.parametrize("io_type", ["io_parallel", "io_stream"])
 def test_global_avgpool1d_is_global_pooling1d(io_type, tmp_path):
     from qsp.compile.hls4ml_project import CompileOptions
@@ -112,6 +116,7 @@ def test_global_avgpool1d_is_global_pooling1d(io_type, tmp_path):
     assert "nnet::global_pooling1d_cl<" in fw and "nnet::pooling1d_cl<" not in fw
 
 
+@needs_gxx
 @pytest.mark.parametrize("io_type", ["io_parallel", "io_stream"])
 def test_one_lsb_in_global_pool_output_is_caught(io_type, tmp_path):
     """The global pool's result one fraction bit coarser (its outputs then differ by one
@@ -153,6 +158,7 @@ int main() {
 """
 
 
+@needs_gxx
 @pytest.mark.parametrize("h, w, in_fmt, post_frac", [(7, 7, FixedFormat(7, 4, False), 5), (3, 3, FixedFormat(8, 5), 5),
                                                       (7, 7, FixedFormat(8, 3), 4), (5, 1, FixedFormat(6, 2), 6),
                                                       (4, 4, FixedFormat(8, 5), None)])
@@ -161,7 +167,6 @@ def test_accum_division_is_the_emulators_truncation(h, w, in_fmt, post_frac, tmp
     /= unsigned`` in io_parallel) on every window sum the input type can produce, with the
     accum_t qsp's one avgpool rule gives: the quotient keeps accum_t's fraction bits and
     truncates toward zero, which is what the emulator computes (round_np 'zero' of S / n)."""
-    import shutil
     import subprocess
 
     import hls4ml
@@ -170,8 +175,6 @@ def test_accum_division_is_the_emulators_truncation(h, w, in_fmt, post_frac, tmp
     from qsp.ops.pool import avgpool_frac
     from qsp.ops.registry import RULES
 
-    if shutil.which("g++") is None:
-        pytest.skip("no g++")
     node = avgpool("p", [2, h, w], h) if w == h else avgpool("p", [2, h, w], 1)
     node.kernel_size, node.stride = [h, w], [h, w]
     node.out_shape = [2, 1, 1]
