@@ -455,7 +455,13 @@ _CLIP_CALL = "nnet::qsp_clip<{input_t}, {output_t}, {config}>({input}, {output})
 
 # hls4ml's global pooling config (backends/vivado/passes/pooling_templates.py) with the
 # window and output sizes spelled out: the C++ asserts pool = stride, and the io_parallel
-# ALLOCATION limit reads out_height x out_width
+# ALLOCATION limit reads out_height x out_width; no padding, the pooling op, reuse and accum_t
+_GP_TAIL = """    static const unsigned pad_left = 0;
+    static const unsigned pad_right = 0;
+    static const nnet::Pool_Op pool_op = nnet::{pool_op};
+    static const unsigned reuse_factor = {reuse};
+    typedef {accum_t.name} accum_t;
+}};\n"""
 _GP2D_CONFIG = """struct config{index} : nnet::pooling2d_config {{
     static const unsigned in_height = {in_height};
     static const unsigned in_width = {in_width};
@@ -468,12 +474,7 @@ _GP2D_CONFIG = """struct config{index} : nnet::pooling2d_config {{
     static const unsigned out_width = 1;
     static const unsigned pad_top = 0;
     static const unsigned pad_bottom = 0;
-    static const unsigned pad_left = 0;
-    static const unsigned pad_right = 0;
-    static const nnet::Pool_Op pool_op = nnet::{pool_op};
-    static const unsigned reuse_factor = {reuse};
-    typedef {accum_t.name} accum_t;
-}};\n"""
+""" + _GP_TAIL
 _GP2D_CALL = "nnet::global_pooling2d_{data_format}<{input_t}, {output_t}, {config}>({input}, {output});"
 _GP1D_CONFIG = """struct config{index} : nnet::pooling1d_config {{
     static const unsigned n_in = {n_in};
@@ -481,12 +482,7 @@ _GP1D_CONFIG = """struct config{index} : nnet::pooling1d_config {{
     static const unsigned pool_width = n_in;
     static const unsigned stride_width = n_in;
     static const unsigned n_out = 1;
-    static const unsigned pad_left = 0;
-    static const unsigned pad_right = 0;
-    static const nnet::Pool_Op pool_op = nnet::{pool_op};
-    static const unsigned reuse_factor = {reuse};
-    typedef {accum_t.name} accum_t;
-}};\n"""
+""" + _GP_TAIL
 _GP1D_CALL = "nnet::global_pooling1d_{data_format}<{input_t}, {output_t}, {config}>({input}, {output});"
 _POOL_HEADERS = ["nnet_utils/nnet_pooling.h", "nnet_utils/nnet_pooling_stream.h"]
 
